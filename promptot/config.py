@@ -1,0 +1,81 @@
+"""Project config: the keys promptot adds to the Dassl tree, and typed per-trainer configs.
+
+Each trainer declares its ``TRAINER.<NODE>`` keys once, as a dataclass with
+defaults (:func:`register_trainer_config`); :func:`extend_cfg` turns every
+registered dataclass into a yacs node (so yaml files and ``KEY VALUE`` opts are
+checked against it) and :func:`resolve` turns the merged node back into a typed,
+validated object inside the trainer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Dict, Type, TypeVar
+
+from yacs.config import CfgNode as CN
+
+T = TypeVar("T")
+_TRAINER_CONFIGS: Dict[str, type] = {}
+
+
+def register_trainer_config(node: str):
+    """Class decorator: declare ``TRAINER.<node>`` from a dataclass's fields and defaults."""
+
+    def deco(cls: Type[T]) -> Type[T]:
+        if not dataclasses.is_dataclass(cls):
+            cls = dataclasses.dataclass(cls)
+        prev = _TRAINER_CONFIGS.get(node)
+        if prev is not None and prev.__qualname__ != cls.__qualname__:
+            raise KeyError(f"TRAINER.{node} is already declared by {prev.__qualname__}")
+        _TRAINER_CONFIGS[node] = cls
+        cls.CFG_NODE = node
+        return cls
+
+    return deco
+
+
+def _to_yacs(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def extend_cfg(cfg: CN) -> CN:
+    """Add the project's keys to a default config (before any yaml is merged)."""
+    cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all | base | new (CoOp's extend_cfg)
+    cfg.DATASET.SKIP_CORRUPT = False  # opt-in: skip unreadable images and count them
+    cfg.DATASET.FOLDER = ""  # ImageFolder: sub-folder of ROOT holding the user's images
+    cfg.MODEL.BACKBONE.PATH = ""  # local CLIP weights (OpenAI .pt archive or state dict)
+    for node, cls in sorted(_TRAINER_CONFIGS.items()):
+        sub = CN()
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            else:
+                raise TypeError(f"{cls.__name__}.{f.name} needs a default to be a config key")
+            setattr(sub, f.name, _to_yacs(default))
+        setattr(cfg.TRAINER, node, sub)
+    return cfg
+
+
+def resolve(cfg: CN, cls: Type[T]) -> T:
+    """Build the typed config ``cls`` from ``cfg.TRAINER.<cls.CFG_NODE>``."""
+    node = getattr(cfg.TRAINER, cls.CFG_NODE)  # type: ignore[attr-defined]
+    return cls(**{f.name: node[f.name] for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+
+
+def config_hash(cfg: CN) -> str:
+    """Stable short hash of a resolved config (ignores where outputs go)."""
+    d = json.loads(json.dumps(cfg, default=list))
+    d.pop("OUTPUT_DIR", None)
+    d.pop("RESUME", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def check_choice(name: str, value: Any, choices) -> None:
+    """Raise a ValueError naming the config key, the bad value and the allowed ones."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

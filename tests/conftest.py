@@ -1,0 +1,104 @@
+"""Shared fixtures: a tiny OpenAI-format CLIP saved to disk and a tiny labelled image folder.
+
+Everything is generated here (no downloads); runs through the same loading paths a user's
+files take (``MODEL.BACKBONE.PATH`` and ``DATASET.NAME ImageFolder``).
+"""
+from __future__ import annotations
+
+import io
+import os
+import sys
+from contextlib import redirect_stderr
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200), "yellow": (200, 200, 40)}
+
+
+def make_toy_folder(root: Path, n_train: int = 6, n_val: int = 2, n_test: int = 3, size: int = 36, seed: int = 0) -> Path:
+    """``root/toy/{train,val,test}/<colour>/<i>.png``: noisy flat-colour images, 4 classes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for cname, col in COLOURS.items():
+            d = root / "toy" / split / cname
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                a = np.clip(np.array(col)[None, None] + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(a).save(d / f"{cname}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> Path:
+    return make_toy_folder(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_path(tmp_path_factory) -> str:
+    from promptot.clip import build_tiny_clip, save_openai_state_dict
+
+    path = tmp_path_factory.mktemp("clip") / "tiny_vit.pt"
+    save_openai_state_dict(build_tiny_clip("vit", image_size=32, seed=0), str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_rn_path(tmp_path_factory) -> str:
+    from promptot.clip import build_tiny_clip, save_openai_state_dict
+
+    path = tmp_path_factory.mktemp("clip") / "tiny_rn.pt"
+    save_openai_state_dict(build_tiny_clip("rn", image_size=64, seed=0), str(path))
+    return str(path)
+
+
+def tiny_opts(clip_path: str, size: int = 32, epochs: int = 1, batch: int = 4) -> List[str]:
+    """KEY VALUE overrides that shrink a paper config to the tiny model and toy data."""
+    return ["DATASET.FOLDER", "toy", "MODEL.BACKBONE.NAME", "", "MODEL.BACKBONE.PATH", clip_path,
+            "INPUT.SIZE", f"({size}, {size})", "OPTIM.MAX_EPOCH", str(epochs), "DATALOADER.NUM_WORKERS", "0",
+            "DATALOADER.TRAIN_X.BATCH_SIZE", str(batch), "DATALOADER.TEST.BATCH_SIZE", "8"]
+
+
+def run_cli(argv: List[str]) -> Tuple[int, str, str]:
+    """Run ``train.py`` in-process; returns (exit code, stdout incl. log tee, stderr)."""
+    import train
+    from promptot.engine.utils import Logger
+    from promptot.errors import format_user_error, user_error_types
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdout
+    sys.stdout = out
+    code = 0
+    try:
+        with redirect_stderr(err):
+            try:
+                train.main(train.build_parser().parse_args(argv))
+            except Exception as e:  # noqa: BLE001
+                if not isinstance(e, user_error_types()):
+                    raise
+                print(format_user_error(e), file=sys.stderr)
+                code = 2
+    finally:
+        if isinstance(sys.stdout, Logger):
+            sys.stdout.close()
+        sys.stdout = saved
+    return code, out.getvalue(), err.getvalue()
+
+
+def base_args(toy_root: Path, out_dir: Path, trainer: str, config: str, clip_path: str, seed: int = 1) -> List[str]:
+    return ["--root", str(toy_root), "--trainer", trainer, "--dataset-config-file",
+            str(ROOT / "configs/datasets/image_folder.yaml"), "--config-file", str(ROOT / config),
+            "--output-dir", str(out_dir), "--seed", str(seed)]
+
+
+@pytest.fixture(autouse=True)
+def _no_network_env(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

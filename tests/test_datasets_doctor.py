@@ -1,0 +1,111 @@
+"""`python -m promptot.datasets check`: exit codes and messages."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from promptot.datasets import DescribableTextures, Food101
+from promptot.datasets.__main__ import main
+
+
+def img(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(path, format="JPEG")
+
+
+def dtd_tree(root, per=(3, 1, 2)):
+    ds = os.path.join(root, "dtd")
+    split = {}
+    for s, n in zip(("train", "val", "test"), per):
+        split[s] = []
+        for label, c in enumerate(["banded", "blotchy"]):
+            for i in range(n):
+                p = f"{c}/{s}_{i}.jpg"
+                img(os.path.join(ds, "images", p))
+                split[s].append([p, label, c])
+    with open(os.path.join(ds, "split_zhou_DescribableTextures.json"), "w") as f:
+        json.dump(split, f)
+    return ds, split
+
+
+@pytest.fixture
+def small_expected(monkeypatch):
+    monkeypatch.setattr(DescribableTextures, "expected_counts", {"train": 6, "val": 2, "test": 4, "classes": 2})
+
+
+def run(args, capsys):
+    rc = main(args)
+    return rc, capsys.readouterr().out
+
+
+def test_ok(tmp_path, capsys, small_expected):
+    dtd_tree(str(tmp_path))
+    rc, out = run(["check", "--root", str(tmp_path), "DescribableTextures"], capsys)
+    assert rc == 0, out
+    assert "[OK] DescribableTextures" in out and "train 6 (expected 6)" in out
+
+
+def test_missing_named_dataset(tmp_path, capsys):
+    rc, out = run(["check", "--root", str(tmp_path), "OxfordPets"], capsys)
+    assert rc == 1
+    assert "[MISSING] OxfordPets" in out and str(tmp_path / "oxford_pets") in out
+    assert "download NAME" in out
+
+
+def test_unnamed_check_ignores_absent_datasets(tmp_path, capsys, small_expected):
+    dtd_tree(str(tmp_path))
+    rc, out = run(["check", "--root", str(tmp_path)], capsys)
+    assert rc == 0, out
+    assert "[absent] ImageNet" in out
+    rc, out = run(["check", "--root", str(tmp_path / "empty")], capsys)
+    assert rc == 1 and "No dataset found" in out
+
+
+def test_wrong_counts_missing_and_corrupt(tmp_path, capsys):
+    ds, split = dtd_tree(str(tmp_path))
+    os.remove(os.path.join(ds, "images", split["test"][0][0]))
+    bad = os.path.join(ds, "images", split["train"][1][0])
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    rc, out = run(["check", "--root", str(tmp_path), "DescribableTextures"], capsys)
+    assert rc == 1
+    assert "train: 6 images, expected 2820" in out  # confirmed counts are checked
+    assert "test: 1 of 4 listed images missing: images/" + split["test"][0][0] in out
+    assert "train: 1 unreadable image(s)" in out and split["train"][1][0] in out
+    rc, out = run(["check", "--root", str(tmp_path), "--no-verify", "DescribableTextures"], capsys)
+    assert "unreadable" not in out
+
+
+def test_sample_limits_verification(tmp_path, capsys, small_expected):
+    dtd_tree(str(tmp_path))
+    rc, out = run(["check", "--root", str(tmp_path), "--sample", "1", "DescribableTextures"], capsys)
+    assert rc == 0
+
+
+def test_missing_split_file_and_unverified_counts(tmp_path, capsys):
+    for c in ["apple_pie", "baby_back_ribs"]:
+        for i in range(10):
+            img(str(tmp_path / "food-101" / "images" / c / f"{i}.jpg"))
+    rc, out = run(["check", "--root", str(tmp_path), "Food101"], capsys)
+    assert rc == 1 and "split file missing: split_zhou_Food101.json" in out
+    assert not os.path.exists(tmp_path / "food-101" / "split_zhou_Food101.json")  # the doctor writes nothing
+    split = {"train": [["apple_pie/0.jpg", 0, "apple_pie"]], "val": [], "test": []}
+    (tmp_path / "food-101" / "split_zhou_Food101.json").write_text(json.dumps(split))
+    rc, out = run(["check", "--root", str(tmp_path), "Food101"], capsys)
+    assert rc == 0, out
+    assert "reference 50500, unverified" in out
+
+
+def test_unknown_name(tmp_path, capsys):
+    rc, out = run(["check", "--root", str(tmp_path), "Nope"], capsys)
+    assert rc == 2 and "Unknown dataset" in out
+
+
+def test_module_entry_point(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."))
+    r = subprocess.run([sys.executable, "-m", "promptot.datasets", "check", "--root", str(tmp_path), "EuroSAT"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "[MISSING] EuroSAT" in r.stdout

@@ -1,0 +1,149 @@
+"""CoOp-family command line: ``python train.py --root DATA --trainer CoOp --dataset-config-file ...``.
+
+Merge order (later wins): engine defaults -> promptot keys and every trainer's
+``TRAINER.<NODE>`` -> dataset yaml -> method yaml -> command-line flags -> ``KEY VALUE`` opts.
+Unlike the reference script, ``--seed 0`` is a real seed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+import torch
+
+import promptot.engine as engine
+from promptot.config import config_hash, extend_cfg
+from promptot.errors import UserError, format_user_error, user_error_types
+
+import datasets  # noqa: F401  (registers the dataset classes)
+import trainers  # noqa: F401  (registers the trainer classes)
+
+
+def print_args(args, cfg) -> None:
+    print("***************")
+    print("** Arguments **")
+    print("***************")
+    for key in sorted(args.__dict__):
+        print(f"{key}: {args.__dict__[key]}")
+    print("************")
+    print("** Config **")
+    print("************")
+    print(cfg)
+
+
+def reset_cfg(cfg, args) -> None:
+    if args.root:
+        cfg.DATASET.ROOT = args.root
+    if args.output_dir:
+        cfg.OUTPUT_DIR = args.output_dir
+    if args.resume:
+        cfg.RESUME = args.resume
+    if args.seed is not None:
+        cfg.SEED = args.seed
+    if args.source_domains:
+        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
+    if args.target_domains:
+        cfg.DATASET.TARGET_DOMAINS = args.target_domains
+    if args.transforms:
+        cfg.INPUT.TRANSFORMS = args.transforms
+    if args.trainer:
+        cfg.TRAINER.NAME = args.trainer
+    if args.backbone:
+        cfg.MODEL.BACKBONE.NAME = args.backbone
+    if args.head:
+        cfg.MODEL.HEAD.NAME = args.head
+
+
+def _merge_file(cfg, path: str, what: str) -> None:
+    if not osp.isfile(path):
+        raise UserError(f"{what} {path!r} does not exist (paths are relative to the current directory; "
+                        f"run from the repository root or give an absolute path).")
+    try:
+        cfg.merge_from_file(path)
+    except KeyError as e:
+        raise UserError(f"{what} {path}: {e.args[0] if e.args else e}. The key is not declared; check its "
+                        "spelling, and that the trainer that declares it is imported.") from e
+
+
+def setup_cfg(args):
+    cfg = engine.get_cfg_default()
+    extend_cfg(cfg)
+    if args.dataset_config_file:
+        _merge_file(cfg, args.dataset_config_file, "--dataset-config-file")
+    if args.config_file:
+        _merge_file(cfg, args.config_file, "--config-file")
+    reset_cfg(cfg, args)
+    if len(args.opts) % 2:
+        raise UserError(f"Trailing options must be KEY VALUE pairs; got an odd number: {args.opts}")
+    try:
+        cfg.merge_from_list(args.opts)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise UserError(f"Bad KEY VALUE option: {e}") from e
+    cfg.freeze()
+    return cfg
+
+
+def main(args) -> None:
+    cfg = setup_cfg(args)
+    names = engine.TRAINER_REGISTRY.registered_names()
+    if cfg.TRAINER.NAME not in names:
+        from promptot.engine.registry import unknown_name_message
+
+        plugin = sorted(n for n in names if n in trainers.__all__)
+        raise UserError(unknown_name_message("trainer", cfg.TRAINER.NAME or "(none: pass --trainer)", plugin,
+                                             hint="Pass one with --trainer NAME."))
+    if cfg.SEED >= 0:
+        print(f"Setting fixed seed: {cfg.SEED}")
+        engine.set_random_seed(cfg.SEED)
+    engine.setup_logger(cfg.OUTPUT_DIR)
+    print(f"promptot engine: {engine.ENGINE} (set PROMPTOT_ENGINE=auto|dassl|builtin to choose)")
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        torch.backends.cudnn.benchmark = True
+    print_args(args, cfg)
+    print("Collecting env info ...")
+    print(f"** System info **\n{engine.collect_env_info()}\n")
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    with open(osp.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+        f.write(f"# config_hash: {config_hash(cfg)}\n{cfg.dump()}")
+
+    trainer = engine.build_trainer(cfg)
+    if args.eval_only:
+        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        trainer.test()
+        return
+    if not args.no_train:
+        trainer.train()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=str, default="", help="path to the dataset root")
+    p.add_argument("--output-dir", type=str, default="", help="output directory")
+    p.add_argument("--resume", type=str, default="", help="checkpoint directory (from which the training resumes)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (any value >= 0, 0 included)")
+    p.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
+    p.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
+    p.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    p.add_argument("--config-file", type=str, default="", help="path to the method config file")
+    p.add_argument("--dataset-config-file", type=str, default="", help="path to the dataset config file")
+    p.add_argument("--trainer", type=str, default="", help="name of trainer")
+    p.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
+    p.add_argument("--head", type=str, default="", help="name of head")
+    p.add_argument("--eval-only", action="store_true", help="evaluation only")
+    p.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
+    p.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
+    p.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line")
+    return p
+
+
+if __name__ == "__main__":
+    try:
+        main(build_parser().parse_args())
+    except Exception as e:  # noqa: BLE001 - user errors get one paragraph, bugs keep their traceback
+        if not isinstance(e, user_error_types()):
+            raise
+        print(format_user_error(e), file=sys.stderr)
+        sys.exit(2)
