@@ -26,6 +26,7 @@ setup(
         "numpy",
         "Pillow",
         "scikit-learn",
+        "scipy",
         "tensorboard",
     ],
     extras_require={"dev": ["pytest>=7"]},

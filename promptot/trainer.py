@@ -33,28 +33,37 @@ class CheckpointMismatchError(ValueError):
 
 
 class SafeDatasetWrapper(DatasetWrapper):
-    """Dataset wrapper that turns an unreadable image into an error naming the file and the doctor
-    command, or, with ``DATASET.SKIP_CORRUPT True``, skips it (substituting the next item) and counts it."""
-
-    skipped: List[str] = []
+    """Dataset wrapper whose image reads go through :func:`promptot.datasets.common.read_image`:
+    an unreadable image stops the run with its path and the doctor command, or, with
+    ``DATASET.SKIP_CORRUPT True``, is skipped (the next readable item takes its place) and counted.
+    Works over Dassl's wrapper too (same output dict: img, label, domain, impath, index, img0)."""
 
     def __getitem__(self, idx: int):
-        n = len(self.data_source)
-        for attempt in range(min(n, 64)):
-            j = (idx + attempt) % n
-            try:
-                return super().__getitem__(j)
-            except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for broken files
-                path = self.data_source[j].impath
-                if not getattr(self.cfg.DATASET, "SKIP_CORRUPT", False):
-                    from .datasets.common import CorruptImageError
+        from .datasets.common import read_image
 
-                    raise CorruptImageError(path, str(e)) from e
-                SafeDatasetWrapper.skipped.append(path)
-                print(f"WARNING: skipped unreadable image {path} ({e}); DATASET.SKIP_CORRUPT is True "
-                      f"({len(SafeDatasetWrapper.skipped)} skipped so far)")
-        raise RuntimeError(f"No readable image found around index {idx}; check the dataset with "
-                           "`python -m promptot.datasets check --root <DATA>`")
+        skip = bool(getattr(self.cfg.DATASET, "SKIP_CORRUPT", False))
+        n = len(self.data_source)
+        for attempt in range(min(n, 100)):
+            j = (idx + attempt) % n
+            item = self.data_source[j]
+            img0 = read_image(item.impath, skip_corrupt=skip)
+            if img0 is not None:
+                break
+        else:
+            raise RuntimeError(f"100 consecutive unreadable images from index {idx} (DATASET.SKIP_CORRUPT is True); "
+                               "check the dataset with `python -m promptot.datasets check --root <DATA>`")
+        output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": j}
+        if self.transform is not None:
+            if isinstance(self.transform, (list, tuple)):
+                for i, tfm in enumerate(self.transform):
+                    output["img" if i == 0 else f"img{i + 1}"] = self._transform_image(tfm, img0)
+            else:
+                output["img"] = self._transform_image(self.transform, img0)
+        else:
+            output["img"] = img0
+        if self.return_img0:
+            output["img0"] = self.to_tensor(img0)
+        return output
 
 
 def git_sha() -> Optional[str]:
@@ -107,6 +116,13 @@ class PromptTrainer(TrainerX):
     def build_clip(self, precision: str):
         """Load the frozen CLIP named by ``MODEL.BACKBONE.NAME``/``PATH`` and wrap it in a ``PromptedCLIP``."""
         from .clip import PromptedCLIP, load_clip
+
+        try:  # the project's own mini CLIP is selectable by name (MODEL.BACKBONE.NAME miniclip-fmnist)
+            from .miniclip import register as register_miniclip
+
+            register_miniclip()
+        except ImportError:
+            pass
 
         check_choice("PREC", precision, PRECISIONS)
         self.precision = precision
@@ -314,6 +330,12 @@ class PromptTrainer(TrainerX):
 
     def after_epoch(self) -> None:
         self._trained_epochs = True
+        from .datasets.common import skipped_images
+
+        n_skipped = len(skipped_images())
+        if n_skipped:
+            print(f"Skipped {n_skipped} unreadable image(s) so far (DATASET.SKIP_CORRUPT True; counted in the main "
+                  "process only when DATALOADER.NUM_WORKERS > 0)")
         super().after_epoch()
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
-from promptot.datasets import DescribableTextures, Food101
+from promptot.datasets import DescribableTextures
 from promptot.datasets.__main__ import main
 
 

@@ -14,6 +14,7 @@ from .common import (CoOpDataset, CorruptImageError, DatasetNotFoundError, Unsaf
 from .caltech101 import Caltech101
 from .dtd import DescribableTextures
 from .eurosat import EuroSAT
+from .fashion_mnist import FashionMNIST, FashionMNISTShift
 from .fgvc_aircraft import FGVCAircraft
 from .food101 import Food101
 from .image_folder import ImageFolder
@@ -35,7 +36,8 @@ DG_DATASETS = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
 BUILTIN_DATASETS = FEWSHOT_DATASETS + DG_DATASETS
 BUILTIN_CLASSES = {cls.__name__: cls for cls in (
     ImageNet, Caltech101, OxfordPets, StanfordCars, OxfordFlowers, Food101, FGVCAircraft, SUN397,
-    DescribableTextures, EuroSAT, UCF101, ImageNetV2, ImageNetSketch, ImageNetA, ImageNetR, ImageFolder)}
+    DescribableTextures, EuroSAT, UCF101, ImageNetV2, ImageNetSketch, ImageNetA, ImageNetR, ImageFolder,
+    FashionMNIST, FashionMNISTShift)}
 
 __all__ = ["BUILTIN_CLASSES", "BUILTIN_DATASETS", "CoOpDataset", "CorruptImageError", "DG_DATASETS",
            "DatasetNotFoundError", "FEWSHOT_DATASETS", "UnsafeSplitPathError", "doctor_command", "read_image",
