@@ -164,7 +164,8 @@ class TextPrompts(nn.Module):
         """
         if self.position != "end":
             raise ValueError("token sets are defined for the class token at the end")
-        fixed = len(self.prompt_prefix.split(" ")) - self.n_ctx  # fixed init words after the context
+        # fixed init tokens after the context (BPE tokens, not words: the context takes the first n_ctx *tokens*)
+        fixed = token_length(self.prompt_prefix) - self.n_ctx
         mask = torch.zeros(self.n_cls, length, dtype=torch.bool, device=self.token_ids.device)
         mask[:, 1:1 + self.n_ctx] = True
         for c, nl in enumerate(self.name_lens):

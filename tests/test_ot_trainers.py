@@ -1,0 +1,194 @@
+"""PLOT, PLOT++ and ALIGN on the tiny CLIPs: one step with gradients only on the learnables, checkpoint
+round-trips holding only learnables, stage-1 -> stage-2 weight loading, ALIGN's compat modes and an end-to-end run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import promptot.engine as engine
+import train
+import trainers  # noqa: F401
+from conftest import ROOT, base_args, run_cli, tiny_opts
+
+FP32 = {"PLOT": ["TRAINER.PLOT.PREC", "fp32", "TRAINER.PLOT.N_CTX", "4"],
+        "PLOTPP": ["TRAINER.PLOTPP.PREC", "fp32"],
+        "ALIGN": ["TRAINER.ALIGN.PREC", "fp32", "TRAINER.ALIGN.PROMPT_DEPTH", "2"]}
+A = "configs/trainers/ALIGN/"
+# name -> (method config, backbone, extra opts)
+CASES = {
+    "PLOT": ("configs/trainers/PLOT/rn50_ep50.yaml", "rn", []),
+    "PLOT-vit-global": ("configs/trainers/PLOT/rn50_imagenet.yaml", "vit", ["TRAINER.PLOT.STOP", "marginal"]),
+    "PLOTPP-vision": ("configs/trainers/PLOTPP/vit_b16_visiononly.yaml", "vit", []),
+    "PLOTPP-joint": ("configs/trainers/PLOTPP/vit_b16_joint.yaml", "vit", ["TRAINER.PLOTPP.CTX_INIT", "a photo of a"]),
+    "ALIGN": (A + "vit_b16_c2_ep5_batch4_2ctx.yaml", "vit", []),
+    "ALIGN-reference": (A + "vit_b16_c2_ep5_batch4_2ctx_reference.yaml", "vit", []),
+    "ALIGN-independent": (A + "vit_b16_c2_ep5_batch4_2ctx.yaml", "vit",
+                          ["TRAINER.ALIGN.COUPLED", "False", "TRAINER.ALIGN.TEXT_PROMPT_NUMBER", "2",
+                           "TRAINER.ALIGN.VISION_PROMPT_NUMBER", "3"]),
+}
+
+
+@pytest.fixture(scope="module")
+def clip_paths(tiny_vit_path, tiny_rn_path):
+    return {"vit": tiny_vit_path, "rn": tiny_rn_path}
+
+
+def build(toy_root, tmp_path, name, clip_paths, extra=()):
+    cfg_file, kind, opts = CASES[name]
+    trainer = name.split("-")[0]
+    argv = base_args(toy_root, tmp_path / "out", trainer, cfg_file, clip_paths[kind]) + \
+        tiny_opts(clip_paths[kind], size=32 if kind == "vit" else 64) + FP32[trainer] + opts + list(extra)
+    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
+    engine.set_random_seed(cfg.SEED)
+    return engine.build_trainer(cfg)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_one_step_and_checkpoint(name, toy_root, tmp_path, clip_paths):
+    tr = build(toy_root, tmp_path, name, clip_paths)
+    assert tr.get_model_names() == ["prompt_learner"]
+    learner = tr._models["prompt_learner"]
+    learnable = {id(p) for p in learner.parameters() if p.requires_grad}
+    before = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+    frozen_before = {k: v.detach().clone() for k, v in tr.model.clip.state_dict().items()}
+    tr.set_model_mode("train")
+    tr.num_batches, tr.batch_idx, tr.epoch = 10, 0, 0
+    summary = tr.forward_backward(next(iter(tr.train_loader_x)))
+    assert torch.isfinite(torch.tensor(summary["loss"]))
+    for n, p in tr.model.named_parameters():
+        if id(p) in learnable:
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+        else:
+            assert p.grad is None, f"frozen parameter {n} received a gradient"
+    changed = {k for k, v in learner.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed, "the optimizer step did not update the prompts"
+    if name == "PLOTPP-vision":
+        assert changed == {"visual_ctx"}, changed
+    for k, v in tr.model.clip.state_dict().items():
+        assert torch.equal(v, frozen_before[k]), f"frozen CLIP weight {k} changed"
+
+    tr.save_model(0, str(tmp_path / "ck"))
+    ck = engine.load_checkpoint(str(tmp_path / "ck" / "prompt_learner" / "model.pth.tar-1"))
+    assert set(ck["state_dict"]) == {k for k, _ in learner.named_parameters()}
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(1.0)
+    tr.load_model(str(tmp_path / "ck"), epoch=1)
+    for k, v in learner.state_dict().items():
+        assert torch.equal(v, ck["state_dict"][k])
+
+
+def test_plotpp_stage1_weights_load_into_stage2(toy_root, tmp_path, clip_paths):
+    s1 = build(toy_root, tmp_path, "PLOTPP-vision", clip_paths)
+    assert [p for g in s1._optims["prompt_learner"].param_groups for p in g["params"]] == \
+        [s1.model.prompt_learner.visual_ctx]
+    txt = s1._text()
+    assert s1._text() is txt, "frozen text features are cached"
+    with torch.no_grad():
+        s1.model.prompt_learner.visual_ctx.add_(0.5)
+        s1.model.prompt_learner.text[0].ctx.add_(0.5)
+    assert s1._text() is not txt, "the cache follows in-place changes of the text prompts"
+    s1.save_model(0, str(tmp_path / "s1"))
+    ck = tmp_path / "s1" / "prompt_learner" / "model.pth.tar-1"
+    s2 = build(toy_root, tmp_path, "PLOTPP-joint", clip_paths,
+               extra=["MODEL.INIT_WEIGHTS", str(ck), "TRAINER.PLOTPP.CTX_INIT",
+                      "a photo of a|this is a photo|this is picture of|one picture of a"])
+    for k, v in s1.model.prompt_learner.state_dict().items():
+        assert torch.equal(s2.model.prompt_learner.state_dict()[k], v), k
+    assert all(p.requires_grad for p in s2.model.prompt_learner.parameters())
+    single = build(toy_root, tmp_path, "PLOTPP-joint", clip_paths).model.prompt_learner.text
+    assert not torch.equal(single[0].ctx, single[1].ctx), "one template: the sets must still start distinct"
+
+
+def test_align_coupled_needs_equal_prompt_numbers(toy_root, tmp_path, clip_paths):
+    with pytest.raises(ValueError, match="COUPLED"):
+        build(toy_root, tmp_path, "ALIGN", clip_paths, extra=["TRAINER.ALIGN.VISION_PROMPT_NUMBER", "3"])
+
+
+def test_align_token_sets_are_prompt_and_name_tokens(toy_root, tmp_path, clip_paths):
+    from promptot.clip import tokenize
+
+    tr = build(toy_root, tmp_path, "ALIGN", clip_paths)
+    text = tr.model.prompt_learner.text
+    mask = text.token_mask(20)
+    for c, name in enumerate(text.classnames):
+        pos = mask[c].nonzero().flatten().tolist()
+        name_ids = tokenize(name)[0]
+        n = int(name_ids.argmax()) - 1  # tokens between SOS and EOT
+        # 2 learnable context slots right after SOS, then (after the frozen "of a") exactly the class name
+        assert pos[:2] == [1, 2] and pos[2:] == list(range(5, 5 + n))
+        assert torch.equal(text.token_ids[c, 5:5 + n], name_ids[1:1 + n])
+
+
+def _token_grads(tr):
+    """Run one loss through the model, returning (grad of img_tokens, grad of txt_tokens, logits)."""
+    seen = {}
+
+    def pre_hook(module, args, kwargs):
+        for k in ("img_tokens", "txt_tokens"):
+            if kwargs.get(k) is not None:
+                kwargs[k].retain_grad()
+                seen[k] = kwargs[k]
+
+    h = tr.model.head.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        logits = tr.model(_images())
+        F.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    finally:
+        h.remove()
+    return seen["img_tokens"].grad, seen["txt_tokens"].grad, logits.detach()
+
+
+def test_align_reference_token_level_has_no_gradient(toy_root, tmp_path, clip_paths):
+    ref = build(toy_root, tmp_path, "ALIGN-reference", clip_paths)
+    gi, gt, logits = _token_grads(ref)
+    assert gi is None and gt is None, "reference mode (D3): no gradient may reach the token features"
+    assert "token_iters_mean" in ref.model.head.last_diagnostics  # ... yet the token level ran
+    off = build(toy_root, tmp_path, "ALIGN-reference", clip_paths, extra=["TRAINER.ALIGN.TOKEN_LEVEL", "False"])
+    with torch.no_grad():
+        assert not torch.allclose(off.model(_images()), ref.model(_images()), rtol=0, atol=1e-7), \
+            "the token term must change the reference plan (D1)"
+    paper = build(toy_root, tmp_path, "ALIGN", clip_paths)
+    gi, gt, _ = _token_grads(paper)
+    assert gi is not None and gi.abs().sum() > 0 and gt is not None and gt.abs().sum() > 0
+
+
+def _images():
+    torch.manual_seed(0)
+    return torch.randn(2, 3, 32, 32)
+
+
+def test_align_cli_train_then_eval_only(toy_root, tmp_path, tiny_vit_path):
+    cfg = A + "vit_b16_c2_ep5_batch4_2ctx.yaml"
+    opts = tiny_opts(tiny_vit_path) + FP32["ALIGN"] + ["DATASET.NUM_SHOTS", "2"]
+    out = tmp_path / "run"
+    code, log, err = run_cli(base_args(toy_root, out, "ALIGN", cfg, tiny_vit_path) + opts)
+    assert code == 0, err
+    rec = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    assert rec["split"] == "test" and rec["epoch"] == 1 and rec["method"] == "ALIGN"
+    ev = tmp_path / "eval"
+    code, _, err = run_cli(base_args(toy_root, ev, "ALIGN", cfg, tiny_vit_path) +
+                           ["--eval-only", "--model-dir", str(out), "--load-epoch", "1"] + opts)
+    assert code == 0, err
+    erec = json.loads((ev / "results.jsonl").read_text().splitlines()[-1])
+    assert erec["metrics"]["accuracy"] == rec["metrics"]["accuracy"] and erec["epoch"] == 1
+
+
+@pytest.mark.parametrize("cfg_file", sorted(str(p.relative_to(ROOT)) for d in ("PLOT", "PLOTPP", "ALIGN")
+                                            for p in (ROOT / "configs/trainers" / d).glob("*.yaml")))
+def test_configs_resolve(cfg_file, toy_root, tmp_path):
+    from promptot.config import resolve
+    from trainers.align import ALIGNConfig
+    from trainers.plot import PLOTConfig
+    from trainers.plotpp import PLOTPPConfig
+
+    node = cfg_file.split("/")[2]
+    cls = {"PLOT": PLOTConfig, "PLOTPP": PLOTPPConfig, "ALIGN": ALIGNConfig}[node]
+    cfg = train.setup_cfg(train.build_parser().parse_args(base_args(toy_root, tmp_path, node, cfg_file, "")))
+    c = resolve(cfg, cls)
+    assert cfg.OPTIM.LR in (0.002, 0.0025) and cfg.OPTIM.WARMUP_CONS_LR == 1e-5 and c.PREC == "fp16"
+    if node == "PLOT":
+        assert c.GLOBAL_LOGIT == ("imagenet" in cfg_file) and cfg.DATALOADER.TRAIN_X.BATCH_SIZE == 128
