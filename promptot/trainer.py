@@ -19,11 +19,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import __version__
 from .config import check_choice, config_hash
 from .engine import (ENGINE, DataManager, DatasetWrapper, TrainerX, build_lr_scheduler, build_optimizer,
-                     load_checkpoint, save_checkpoint)
+                     compute_accuracy, load_checkpoint, save_checkpoint)
 
 PRECISIONS = ("fp16", "fp32", "amp")
 
@@ -180,6 +181,31 @@ class PromptTrainer(TrainerX):
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    # ------------------------------------------------------------------ default step and inference
+    def training_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` for a training batch (default: ``self.model(image)``)."""
+        return self.model(image)
+
+    def forward_backward(self, batch) -> Dict[str, float]:
+        """Cross-entropy on :meth:`training_logits`; logs ``loss`` and ``acc``."""
+        image, label = self.parse_batch_train(batch)
+        with self.autocast():
+            output = self.training_logits(image)
+            loss = F.cross_entropy(output.float(), label)
+        self.optimize(loss)
+        return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
+
+    def static_text(self) -> Any:
+        """The text side when it does not depend on the image (e.g. ``self.model.text_features()``), or None.
+        At test time it is computed once per evaluation and passed as ``self.model(image, text)``."""
+        return None
+
+    def model_inference(self, image: torch.Tensor) -> torch.Tensor:
+        text = self.eval_cached("text", self.static_text)
+        with self.autocast():
+            out = self.model(image) if text is None else self.model(image, text)
+        return out.float()
 
     # ------------------------------------------------------------------ eval caches
     def eval_cached(self, key: str, fn: Callable[[], Any]) -> Any:

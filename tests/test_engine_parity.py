@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+
 
 import pytest
 import torch

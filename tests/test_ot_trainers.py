@@ -178,7 +178,8 @@ def test_align_cli_train_then_eval_only(toy_root, tmp_path, tiny_vit_path):
 
 
 @pytest.mark.parametrize("cfg_file", sorted(str(p.relative_to(ROOT)) for d in ("PLOT", "PLOTPP", "ALIGN")
-                                            for p in (ROOT / "configs/trainers" / d).glob("*.yaml")))
+                                            for p in (ROOT / "configs/trainers" / d).glob("*.yaml")
+                                            if p.stem != "miniclip"))  # mini CLIP configs: regression tests
 def test_configs_resolve(cfg_file, toy_root, tmp_path):
     from promptot.config import resolve
     from trainers.align import ALIGNConfig

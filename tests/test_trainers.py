@@ -3,7 +3,7 @@ round-trips its checkpoint, and the CLI gives eval-only, resume and error behavi
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ import torch
 import promptot.engine as engine
 import trainers  # noqa: F401
 import train
-from conftest import ROOT, base_args, run_cli, tiny_opts
+from conftest import base_args, run_cli, tiny_opts
 
 # (trainer, method config, extra opts, backbone fixture)
 CASES = {

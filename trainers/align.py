@@ -29,19 +29,17 @@ Sinkhorn, per-step image reloads, full-CLIP checkpoints, uncached test text feat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from promptot.config import check_choice, register_trainer_config, resolve
-from promptot.engine import TRAINER_REGISTRY, compute_accuracy
-from promptot.ot import HierarchicalOTHead, OTHeadConfig
+from promptot.engine import TRAINER_REGISTRY
+from promptot.ot import DOMAINS, GRADS, STOPS, HierarchicalOTHead, OTHeadConfig
 from promptot.prompts import DeepPrompts, TextPrompts
 from promptot.trainer import PRECISIONS, PromptTrainer
-from trainers.plot import DOMAINS, GRADS, STOPS
 
 TextSide = Tuple[Tensor, Optional[Tensor], Optional[Tensor]]  # global [C,N,D], tokens [C,N,L,D], mask [C,1,L]
 
@@ -163,15 +161,5 @@ class ALIGN(PromptTrainer):
         self.model = ALIGNModel(clip, learner, c).to(self.device)
         self.register_learner("prompt_learner", self.model.prompt_learner)
 
-    def forward_backward(self, batch: Dict[str, Tensor]) -> Dict[str, float]:
-        image, label = self.parse_batch_train(batch)
-        with self.autocast():
-            output = self.model(image)
-            loss = F.cross_entropy(output.float(), label)
-        self.optimize(loss)
-        return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
-
-    def model_inference(self, image: Tensor) -> Tensor:
-        text = self.eval_cached("text", self.model.text_side)
-        with self.autocast():
-            return self.model(image, text).float()
+    def static_text(self):
+        return self.model.text_side()

@@ -72,14 +72,3 @@ class CoCoOp(PromptTrainer):
         learner = CoCoOpPromptLearner(clip, self.classnames, c, torch.float32 if c.PREC == "amp" else clip.dtype)
         self.model = CoCoOpModel(clip, learner).to(self.device)
         self.register_learner("prompt_learner", self.model.prompt_learner)
-
-    def forward_backward(self, batch):
-        image, label = self.parse_batch_train(batch)
-        with self.autocast():
-            loss = F.cross_entropy(self.model(image).float(), label)
-        self.optimize(loss)
-        return {"loss": loss.item()}
-
-    def model_inference(self, image):
-        with self.autocast():
-            return self.model(image).float()

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from promptot.config import check_choice, register_trainer_config, resolve
-from promptot.engine import TRAINER_REGISTRY, compute_accuracy
+from promptot.engine import TRAINER_REGISTRY
 from promptot.prompts import POSITIONS, TextPrompts
 from promptot.trainer import PRECISIONS, PromptTrainer
 
@@ -60,16 +60,5 @@ class CoOp(PromptTrainer):
         self.model = CoOpModel(clip, learner).to(self.device)
         self.register_learner("prompt_learner", self.model.prompt_learner)
 
-    def forward_backward(self, batch):
-        image, label = self.parse_batch_train(batch)
-        with self.autocast():
-            output = self.model(image)
-            loss = F.cross_entropy(output.float(), label)
-        self.optimize(loss)
-        return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
-
-    def model_inference(self, image):
-        # The prompts are static at test time: encode the class prompts once per evaluation.
-        txt = self.eval_cached("text", self.model.text_features)
-        with self.autocast():
-            return self.model(image, txt).float()
+    def static_text(self):
+        return self.model.text_features()

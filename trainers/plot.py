@@ -17,7 +17,7 @@ The OT itself is the shared :class:`HierarchicalOTHead` (token level off; fp32 w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -25,14 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from promptot.config import check_choice, register_trainer_config, resolve
-from promptot.engine import TRAINER_REGISTRY, compute_accuracy
-from promptot.ot import HierarchicalOTHead, OTHeadConfig
+from promptot.engine import TRAINER_REGISTRY
+from promptot.ot import DOMAINS, GRADS, STOPS, HierarchicalOTHead, OTHeadConfig
+from promptot.heads import pooled_prompt_logits as global_logit
 from promptot.prompts import TextPrompts
 from promptot.trainer import PRECISIONS, PromptTrainer
 
-STOPS = ("reference", "marginal", "fixed")
-DOMAINS = ("kernel", "log")
-GRADS = ("detach", "envelope", "autodiff")
 LOCAL_FEATURES = ("auto", "attnpool", "patch")
 
 
@@ -63,12 +61,6 @@ class PLOTConfig:
     def head(self) -> OTHeadConfig:
         return OTHeadConfig(eps_prompt=self.EPS, token_level=False, compat="paper", max_iter=self.MAX_ITER,
                             stop=self.STOP, domain=self.DOMAIN, grad=self.GRAD)
-
-
-def global_logit(scale: Tensor, img: Tensor, txt: Tensor) -> Tensor:
-    """``scale · s(img [B, D], normalised mean over n of txt [C, N, D])`` -> ``[B, C]`` fp32."""
-    pooled = F.normalize(F.normalize(txt.float(), dim=-1).mean(1), dim=-1)
-    return scale.float() * F.normalize(img.float(), dim=-1) @ pooled.t()
 
 
 class PLOTModel(nn.Module):
@@ -114,15 +106,5 @@ class PLOT(PromptTrainer):
         self.model = PLOTModel(clip, learner, c).to(self.device)
         self.register_learner("prompt_learner", self.model.prompt_learner)
 
-    def forward_backward(self, batch: Dict[str, Tensor]) -> Dict[str, float]:
-        image, label = self.parse_batch_train(batch)
-        with self.autocast():
-            output = self.model(image)
-            loss = F.cross_entropy(output.float(), label)
-        self.optimize(loss)
-        return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
-
-    def model_inference(self, image: Tensor) -> Tensor:
-        txt = self.eval_cached("text", self.model.text_features)
-        with self.autocast():
-            return self.model(image, txt).float()
+    def static_text(self):
+        return self.model.text_features()

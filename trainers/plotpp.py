@@ -23,7 +23,7 @@ One module, ``prompt_learner`` (``text.<k>.ctx`` and ``visual_ctx``), is registe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from promptot.config import check_choice, register_trainer_config, resolve
-from promptot.engine import TRAINER_REGISTRY, compute_accuracy, load_pretrained_weights
-from promptot.ot import HierarchicalOTHead, OTHeadConfig
+from promptot.engine import TRAINER_REGISTRY, load_pretrained_weights
+from promptot.ot import DOMAINS, GRADS, STOPS, HierarchicalOTHead, OTHeadConfig
+from promptot.heads import pooled_prompt_logits as global_logit
 from promptot.prompts import TextPrompts
 from promptot.trainer import PRECISIONS, PromptTrainer
-from trainers.plot import DOMAINS, GRADS, STOPS, global_logit
 
 
 @register_trainer_config("PLOTPP")
@@ -159,15 +159,8 @@ class PLOTPP(PromptTrainer):
                 self._text_cache = (key, self.model.text_features())
         return self._text_cache[1]
 
-    def forward_backward(self, batch: Dict[str, Tensor]) -> Dict[str, float]:
-        image, label = self.parse_batch_train(batch)
-        with self.autocast():
-            output = self.model(image, self._text())
-            loss = F.cross_entropy(output.float(), label)
-        self.optimize(loss)
-        return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
+    def training_logits(self, image: Tensor) -> Tensor:
+        return self.model(image, self._text())
 
-    def model_inference(self, image: Tensor) -> Tensor:
-        txt = self.eval_cached("text", self.model.text_features)
-        with self.autocast():
-            return self.model(image, txt).float()
+    def static_text(self):
+        return self.model.text_features()

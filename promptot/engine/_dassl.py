@@ -12,7 +12,6 @@ Applied at import without editing Dassl (dassl_api.md §9):
 from __future__ import annotations
 
 import logging
-import os.path as osp
 
 import dassl  # noqa: F401  (raises ImportError when absent)
 from dassl.config import get_cfg_default
@@ -30,7 +29,7 @@ from dassl.utils import (AverageMeter, MetricMeter, collect_env_info, count_num_
                          set_random_seed, setup_logger, write_json)
 from dassl.utils import torchtools as _torchtools
 
-from .utils import load_checkpoint, resume_from_checkpoint
+from .utils import load_checkpoint, load_registered_models, resume_from_checkpoint
 
 logging.disable(logging.NOTSET)
 
@@ -41,23 +40,7 @@ for _name in ("load_checkpoint", "resume_from_checkpoint"):
         setattr(_dassl_trainer, _name, globals()[_name])
 
 
-def _load_model_none_safe(self, directory, epoch=None):
-    if not directory:
-        print("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
-        return
-    model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-    for name in self.get_model_names():
-        model_path = osp.join(directory, name, model_file)
-        if not osp.exists(model_path):
-            raise FileNotFoundError(f"No model at {model_path}")
-        checkpoint = load_checkpoint(model_path)
-        vr = checkpoint.get("val_result")
-        vr_s = "None" if vr is None else f"{vr:.1f}"
-        print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={vr_s})")
-        self._models[name].load_state_dict(checkpoint["state_dict"])
-
-
-_dassl_trainer.TrainerBase.load_model = _load_model_none_safe
+_dassl_trainer.TrainerBase.load_model = load_registered_models
 
 __all__ = [
     "get_cfg_default", "DataManager", "DatasetWrapper", "build_data_loader", "DATASET_REGISTRY", "DatasetBase",

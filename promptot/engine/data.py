@@ -17,7 +17,7 @@ from torch.utils.data import Dataset as TorchDataset
 import torchvision.transforms as T
 from torchvision.transforms.functional import InterpolationMode
 
-from .registry import DATASET_REGISTRY, check_availability
+from .registry import DATASET_REGISTRY
 
 
 # ----------------------------------------------------------------------------- records

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .data import DataManager
 from .evaluation import build_evaluator
 from .registry import TRAINER_REGISTRY, unknown_name_message
-from .utils import (AverageMeter, MetricMeter, load_checkpoint, mkdir_if_missing, resume_from_checkpoint,
+from .utils import (AverageMeter, MetricMeter, load_registered_models, mkdir_if_missing, resume_from_checkpoint,
                     save_checkpoint, tolist_if_not)
 
 
@@ -76,19 +76,7 @@ class TrainerBase:
         return start_epoch
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
-            return
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-        for name in self.get_model_names():
-            model_path = osp.join(directory, name, model_file)
-            if not osp.exists(model_path):
-                raise FileNotFoundError(f"No model at {model_path}")
-            checkpoint = load_checkpoint(model_path)
-            vr = checkpoint.get("val_result")
-            vr_s = "None" if vr is None else f"{vr:.1f}"
-            print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={vr_s})")
-            self._models[name].load_state_dict(checkpoint["state_dict"])
+        load_registered_models(self, directory, epoch)
 
     def set_model_mode(self, mode: str = "train", names=None) -> None:
         for name in self.get_model_names(names):

@@ -291,3 +291,21 @@ def load_pretrained_weights(model: torch.nn.Module, weight_path: str) -> None:
         print(f"Successfully loaded pretrained weights from {weight_path}")
         if discarded:
             print(f"Layers discarded due to unmatched keys or size: {discarded}")
+
+
+def load_registered_models(trainer, directory: str, epoch: Optional[int] = None) -> None:
+    """Dassl's ``TrainerBase.load_model`` without its crash on ``val_result=None`` (dassl_api.md §9.3):
+    load ``<directory>/<name>/model.pth.tar-<epoch>`` (or ``model-best.pth.tar``) into every registered model."""
+    if not directory:
+        print("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
+        return
+    model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+    for name in trainer.get_model_names():
+        model_path = osp.join(directory, name, model_file)
+        if not osp.exists(model_path):
+            raise FileNotFoundError(f"No model at {model_path}")
+        checkpoint = load_checkpoint(model_path)
+        vr = checkpoint.get("val_result")
+        vr_s = "None" if vr is None else f"{vr:.1f}"
+        print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={vr_s})")
+        trainer._models[name].load_state_dict(checkpoint["state_dict"])

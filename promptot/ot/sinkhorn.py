@@ -34,9 +34,9 @@ from torch import Tensor
 
 __all__ = ["SinkhornResult", "sinkhorn", "ot_cost", "plan_entropy"]
 
-_DOMAINS = ("kernel", "log")
-_STOPS = ("marginal", "reference", "fixed")
-_GRADS = ("detach", "envelope", "autodiff")
+DOMAINS = ("kernel", "log")
+STOPS = ("marginal", "reference", "fixed")
+GRADS = ("detach", "envelope", "autodiff")
 # Finite stand-in for log(0) in the log domain.  -inf would make logsumexp of a fully masked row return -inf and its
 # backward exp(x - lse) = exp(-inf + inf) = NaN, which leaks into gradients through torch.where's unselected branch.
 _NEG = -1e30
@@ -156,12 +156,12 @@ def sinkhorn(
     ValueError
         Bad arguments / shapes.
     """
-    if domain not in _DOMAINS:
-        raise ValueError(f"sinkhorn: domain must be one of {_DOMAINS}, got {domain!r}")
-    if stop not in _STOPS:
-        raise ValueError(f"sinkhorn: stop must be one of {_STOPS}, got {stop!r}")
-    if grad not in _GRADS:
-        raise ValueError(f"sinkhorn: grad must be one of {_GRADS}, got {grad!r}")
+    if domain not in DOMAINS:
+        raise ValueError(f"sinkhorn: domain must be one of {DOMAINS}, got {domain!r}")
+    if stop not in STOPS:
+        raise ValueError(f"sinkhorn: stop must be one of {STOPS}, got {stop!r}")
+    if grad not in GRADS:
+        raise ValueError(f"sinkhorn: grad must be one of {GRADS}, got {grad!r}")
     if cost.dim() < 2:
         raise ValueError(f"sinkhorn: cost must be [..., n, m], got shape {tuple(cost.shape)}")
     if not (eps > 0 and math.isfinite(eps)):

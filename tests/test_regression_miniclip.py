@@ -1,0 +1,94 @@
+"""End-to-end regression on real images: the mini CLIP on FashionMNISTShift (inverted + recoloured
+Fashion-MNIST, a domain it never saw). CoOp and ALIGN must beat zero-shot CLIP by margins set from
+measurements (README, "Measured on the embedded default"); base-to-new runs end to end; every other
+trainer's accuracy after a short training is recorded (printed in the test summary) and above chance.
+
+These runs take a few minutes on 2 cores; ``-m "not slow"`` deselects them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+fm = pytest.importorskip("promptot.miniclip.data")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not fm.fmnist_available(), reason="apt-get install dataset-fashion-mnist"),
+]
+
+CHANCE = 10.0  # 10 classes
+# Margins over zero-shot, in accuracy points, set below the smallest gain measured over seeds 1-3
+# (see README): CoOp gained +4.5 / +5.1 / +5.7 is the kind of spread seen; ALIGN more.
+MARGIN = {"CoOp": 2.0, "ALIGN": 4.0}
+RECORDED: dict = {}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fmnist")
+
+
+def run(data_root: Path, out: Path, trainer: str, config: str, *extra: str, dataset="fashion_mnist_shift") -> dict:
+    argv = ["--root", str(data_root), "--seed", "1", "--trainer", trainer,
+            "--dataset-config-file", str(ROOT / f"configs/datasets/{dataset}.yaml"),
+            "--config-file", str(ROOT / config), "--output-dir", str(out)] + list(extra)
+    code, log, err = run_cli(argv)
+    assert code == 0, err
+    rec = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    assert rec["split"] == "test"
+    return rec
+
+
+@pytest.fixture(scope="module")
+def zeroshot(data_root, tmp_path_factory) -> float:
+    rec = run(data_root, tmp_path_factory.mktemp("zs"), "ZeroshotCLIP", "configs/trainers/CoOp/miniclip.yaml",
+              "--eval-only")
+    RECORDED["ZeroshotCLIP"] = rec["metrics"]["accuracy"]
+    return rec["metrics"]["accuracy"]
+
+
+@pytest.mark.parametrize("trainer", ["CoOp", "ALIGN"])
+def test_prompt_learning_beats_zeroshot(trainer, zeroshot, data_root, tmp_path):
+    rec = run(data_root, tmp_path / trainer, trainer, f"configs/trainers/{trainer}/miniclip.yaml",
+              "DATASET.NUM_SHOTS", "16")
+    acc = rec["metrics"]["accuracy"]
+    RECORDED[trainer] = acc
+    assert acc >= zeroshot + MARGIN[trainer], f"{trainer} {acc:.1f}% vs zero-shot {zeroshot:.1f}%"
+
+
+def test_base_to_new_end_to_end(data_root, tmp_path):
+    base = run(data_root, tmp_path / "base", "CoOp", "configs/trainers/CoOp/miniclip.yaml", "DATASET.NUM_SHOTS", "16",
+               "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "20")
+    new = run(data_root, tmp_path / "new", "CoOp", "configs/trainers/CoOp/miniclip.yaml", "--eval-only",
+              "--model-dir", str(tmp_path / "base"), "--load-epoch", "20", "DATASET.NUM_SHOTS", "16",
+              "DATASET.SUBSAMPLE_CLASSES", "new")
+    assert base["num_classes"] == new["num_classes"] == 5
+    assert base["subsample_classes"] == "base" and new["subsample_classes"] == "new"
+    b, n = base["metrics"]["accuracy"], new["metrics"]["accuracy"]
+    RECORDED["CoOp base"], RECORDED["CoOp new"] = b, n
+    RECORDED["CoOp H"] = 2 * b * n / (b + n)
+    assert b > 100 / 5 and n > 100 / 5
+
+
+OTHERS = {
+    "ZeroshotCLIP2": ("configs/trainers/CoOp/miniclip.yaml", ["--eval-only"]),
+    "CoCoOp": ("configs/trainers/CoCoOp/miniclip.yaml", ["DATASET.NUM_SHOTS", "16", "OPTIM.MAX_EPOCH", "2"]),
+    "PLOT": ("configs/trainers/PLOT/miniclip.yaml", ["DATASET.NUM_SHOTS", "16", "OPTIM.MAX_EPOCH", "10"]),
+    "PLOTPP": ("configs/trainers/PLOTPP/miniclip.yaml", ["DATASET.NUM_SHOTS", "16", "OPTIM.MAX_EPOCH", "10"]),
+}
+
+
+@pytest.mark.parametrize("trainer", list(OTHERS))
+def test_other_trainers_above_chance(trainer, data_root, tmp_path):
+    config, extra = OTHERS[trainer]
+    rec = run(data_root, tmp_path / trainer, trainer, config, *extra)
+    RECORDED[trainer] = rec["metrics"]["accuracy"]
+    assert rec["metrics"]["accuracy"] > CHANCE
+
+
+def pytest_terminal_summary_lines() -> list:
+    return [f"{k}: {v:.1f}%" for k, v in RECORDED.items()]
