@@ -21,9 +21,10 @@ pytestmark = [
 ]
 
 CHANCE = 10.0  # 10 classes
-# Margins over zero-shot, in accuracy points, set below the smallest gain measured over seeds 1-3
-# (see README): CoOp gained +4.5 / +5.1 / +5.7 is the kind of spread seen; ALIGN more.
-MARGIN = {"CoOp": 2.0, "ALIGN": 4.0}
+# Margins over zero-shot, in accuracy points, set below the smallest gain measured over seeds 1-3 with
+# `python scripts/demo.py --seed S` (zero-shot 49.4%; CoOp 54.5 / 52.3 / 52.2%, i.e. +5.1 / +2.9 / +2.8;
+# ALIGN 57.9 / 58.2 / 58.9%, i.e. +8.5 / +8.8 / +9.5). The test runs seed 1.
+MARGIN = {"CoOp": 2.0, "ALIGN": 6.0}
 RECORDED: dict = {}
 
 
