@@ -194,3 +194,18 @@ def test_seed_zero_is_a_real_seed(toy_root, tmp_path, tiny_vit_path):
                      seed=0)
     cfg = train.setup_cfg(train.build_parser().parse_args(argv))
     assert cfg.SEED == 0
+
+
+@pytest.mark.parametrize("prec,ctx_dtype", [("fp16", torch.float16), ("amp", torch.float32), ("fp32", torch.float32)])
+def test_precision_modes_train_one_step(prec, ctx_dtype, toy_root, tmp_path, clip_paths):
+    tr = build(toy_root, tmp_path, "CoOp", clip_paths, extra=["TRAINER.COOP.PREC", prec])
+    ctx = tr.model.prompt_learner.ctx
+    assert ctx.dtype == ctx_dtype  # amp keeps an fp32 master copy of the prompts
+    assert tr.model.clip.dtype == (torch.float16 if prec == "fp16" else torch.float32)
+    before = ctx.detach().clone()
+    tr.set_model_mode("train")
+    tr.num_batches, tr.batch_idx, tr.epoch = 10, 0, 0
+    summary = tr.forward_backward(next(iter(tr.train_loader_x)))
+    assert torch.isfinite(torch.tensor(summary["loss"])) and not torch.equal(before, ctx.detach())
+    logits = tr.model_inference(next(iter(tr.test_loader))["img"])
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
