@@ -79,3 +79,12 @@ def check_choice(name: str, value: Any, choices) -> None:
     """Raise a ValueError naming the config key, the bad value and the allowed ones."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_ot_options(node: str, stop: str, domain: str, grad: str) -> None:
+    """Validate the Sinkhorn options a trainer exposes as ``TRAINER.<node>.{STOP, DOMAIN, GRAD}``."""
+    from .ot import DOMAINS, GRADS, STOPS
+
+    check_choice(f"TRAINER.{node}.STOP", stop, STOPS)
+    check_choice(f"TRAINER.{node}.DOMAIN", domain, DOMAINS)
+    check_choice(f"TRAINER.{node}.GRAD", grad, GRADS)

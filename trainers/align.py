@@ -35,9 +35,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from promptot.config import check_choice, register_trainer_config, resolve
+from promptot.config import check_choice, check_ot_options, register_trainer_config, resolve
 from promptot.engine import TRAINER_REGISTRY
-from promptot.ot import DOMAINS, GRADS, STOPS, HierarchicalOTHead, OTHeadConfig
+from promptot.ot import HierarchicalOTHead, OTHeadConfig
 from promptot.prompts import DeepPrompts, TextPrompts
 from promptot.trainer import PRECISIONS, PromptTrainer
 
@@ -67,9 +67,7 @@ class ALIGNConfig:
 
     def __post_init__(self) -> None:
         check_choice("TRAINER.ALIGN.PREC", self.PREC, PRECISIONS)
-        check_choice("TRAINER.ALIGN.STOP", self.STOP, STOPS)
-        check_choice("TRAINER.ALIGN.DOMAIN", self.DOMAIN, DOMAINS)
-        check_choice("TRAINER.ALIGN.GRAD", self.GRAD, GRADS)
+        check_ot_options("ALIGN", self.STOP, self.DOMAIN, self.GRAD)
         check_choice("TRAINER.ALIGN.COMPAT", self.COMPAT, ("paper", "reference"))
         if min(self.TEXT_PROMPT_NUMBER, self.VISION_PROMPT_NUMBER, self.PROMPT_DEPTH, self.N_CTX) < 1:
             raise ValueError("TRAINER.ALIGN: N_CTX, PROMPT_DEPTH and the prompt numbers must be >= 1")

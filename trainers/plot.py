@@ -24,9 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from promptot.config import check_choice, register_trainer_config, resolve
+from promptot.config import check_choice, check_ot_options, register_trainer_config, resolve
 from promptot.engine import TRAINER_REGISTRY
-from promptot.ot import DOMAINS, GRADS, STOPS, HierarchicalOTHead, OTHeadConfig
+from promptot.ot import HierarchicalOTHead, OTHeadConfig
 from promptot.heads import pooled_prompt_logits as global_logit
 from promptot.prompts import TextPrompts
 from promptot.trainer import PRECISIONS, PromptTrainer
@@ -51,9 +51,7 @@ class PLOTConfig:
 
     def __post_init__(self) -> None:
         check_choice("TRAINER.PLOT.PREC", self.PREC, PRECISIONS)
-        check_choice("TRAINER.PLOT.STOP", self.STOP, STOPS)
-        check_choice("TRAINER.PLOT.DOMAIN", self.DOMAIN, DOMAINS)
-        check_choice("TRAINER.PLOT.GRAD", self.GRAD, GRADS)
+        check_ot_options("PLOT", self.STOP, self.DOMAIN, self.GRAD)
         check_choice("TRAINER.PLOT.LOCAL_FEATURES", self.LOCAL_FEATURES, LOCAL_FEATURES)
         if self.N < 1:
             raise ValueError(f"TRAINER.PLOT.N must be >= 1, got {self.N}")

@@ -30,9 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from promptot.config import check_choice, register_trainer_config, resolve
+from promptot.config import check_choice, check_ot_options, register_trainer_config, resolve
 from promptot.engine import TRAINER_REGISTRY, load_pretrained_weights
-from promptot.ot import DOMAINS, GRADS, STOPS, HierarchicalOTHead, OTHeadConfig
+from promptot.ot import HierarchicalOTHead, OTHeadConfig
 from promptot.heads import pooled_prompt_logits as global_logit
 from promptot.prompts import TextPrompts
 from promptot.trainer import PRECISIONS, PromptTrainer
@@ -57,9 +57,7 @@ class PLOTPPConfig:
 
     def __post_init__(self) -> None:
         check_choice("TRAINER.PLOTPP.PREC", self.PREC, PRECISIONS)
-        check_choice("TRAINER.PLOTPP.STOP", self.STOP, STOPS)
-        check_choice("TRAINER.PLOTPP.DOMAIN", self.DOMAIN, DOMAINS)
-        check_choice("TRAINER.PLOTPP.GRAD", self.GRAD, GRADS)
+        check_ot_options("PLOTPP", self.STOP, self.DOMAIN, self.GRAD)
         check_choice("TRAINER.PLOTPP.MODEL_UPD", self.MODEL_UPD, ("joint", "vision"))
         if min(self.N, self.M, self.N_CTX_V) < 1:
             raise ValueError("TRAINER.PLOTPP.N, M and N_CTX_V must be >= 1")
