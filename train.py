@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+import promptot.datasets as promptot_datasets
 import promptot.engine as engine
 from promptot.config import config_hash, extend_cfg
 from promptot.errors import UserError, format_user_error, user_error_types
@@ -94,6 +95,14 @@ def main(args) -> None:
         plugin = sorted(n for n in names if n in trainers.__all__)
         raise UserError(unknown_name_message("trainer", cfg.TRAINER.NAME or "(none: pass --trainer)", plugin,
                                              hint="Pass one with --trainer NAME."))
+    datasets_avai = engine.DATASET_REGISTRY.registered_names()
+    if cfg.DATASET.NAME not in datasets_avai:
+        from promptot.engine.registry import unknown_name_message
+
+        ours = sorted(n for n in datasets_avai if n in promptot_datasets.BUILTIN_CLASSES) or sorted(datasets_avai)
+        raise UserError(unknown_name_message("dataset", cfg.DATASET.NAME or "(none)", ours,
+                                             hint="Pass --dataset-config-file configs/datasets/<name>.yaml, or "
+                                                  "register your own class in a module under datasets/."))
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         engine.set_random_seed(cfg.SEED)

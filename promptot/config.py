@@ -15,6 +15,8 @@ from typing import Any, Dict, Type, TypeVar
 
 from yacs.config import CfgNode as CN
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 _TRAINER_CONFIGS: Dict[str, type] = {}
 
@@ -78,7 +80,7 @@ def config_hash(cfg: CN) -> str:
 def check_choice(name: str, value: Any, choices) -> None:
     """Raise a ValueError naming the config key, the bad value and the allowed ones."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 def check_ot_options(node: str, stop: str, domain: str, grad: str) -> None:

@@ -12,6 +12,10 @@ class UserError(Exception):
     """Bad input that the user can fix; the message says what is wrong and what to do."""
 
 
+class ConfigError(UserError, ValueError):
+    """A config value is invalid or inconsistent (still a ``ValueError`` for callers that catch those)."""
+
+
 def user_error_types() -> tuple:
     """Every exception class that is a user error, including those of optional sub-packages."""
     types = [UserError]

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .clip import PromptedCLIP, token_length, tokenize
 from .config import check_choice
+from .errors import ConfigError
 
 POSITIONS = ("end", "middle", "front")
 
@@ -57,7 +58,7 @@ class TextPrompts(nn.Module):
         check_choice("init_mode", init_mode, ("coop", "first"))
         check_choice("init_sets", init_sets, ("first", "all"))
         if n_sets < 1:
-            raise ValueError(f"the number of prompt sets must be >= 1, got {n_sets}")
+            raise ConfigError(f"the number of prompt sets must be >= 1, got {n_sets}")
         dtype = dtype or clip.dtype
         width = clip.text_width
         names = [_clean(n) for n in classnames]
@@ -72,7 +73,7 @@ class TextPrompts(nn.Module):
             if init_mode == "coop":
                 n_ctx = n_words
             elif n_ctx > n_words:
-                raise ValueError(f"N_CTX={n_ctx} exceeds the {n_words} words of CTX_INIT {ctx_init!r}")
+                raise ConfigError(f"N_CTX={n_ctx} exceeds the {n_words} words of CTX_INIT {ctx_init!r}")
             ids = tokenize(ctx_init).to(clip.logit_scale.device)
             with torch.no_grad():
                 emb = clip.embed_tokens(ids)
@@ -80,10 +81,10 @@ class TextPrompts(nn.Module):
             prompt_prefix = ctx_init
         else:
             if n_ctx < 1:
-                raise ValueError(f"N_CTX must be >= 1 without CTX_INIT, got {n_ctx}")
+                raise ConfigError(f"N_CTX must be >= 1 without CTX_INIT, got {n_ctx}")
             prompt_prefix = " ".join(["X"] * n_ctx)
         if position != "end" and init_mode == "first" and ctx_init and n_ctx < len(ctx_init.split(" ")):
-            raise ValueError("class token position middle/front needs the whole CTX_INIT to be learnable")
+            raise ConfigError("class token position middle/front needs the whole CTX_INIT to be learnable")
         self.n_ctx, self.n_sets, self.n_cls, self.csc, self.position = n_ctx, n_sets, n_cls, csc, position
         self.prompt_prefix = prompt_prefix
         self.classnames = names
@@ -188,10 +189,10 @@ class DeepPrompts(nn.Module):
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if depth < 1:
-            raise ValueError(f"prompt depth must be >= 1, got {depth}")
+            raise ConfigError(f"prompt depth must be >= 1, got {depth}")
         n_vis_sets = n_sets if n_vis_sets is None else n_vis_sets
         if coupled and n_vis_sets != n_sets:
-            raise ValueError(
+            raise ConfigError(
                 f"coupled visual prompts are projections of the text prompts, so the number of visual prompt sets "
                 f"({n_vis_sets}) must equal the number of text prompt sets ({n_sets}); set them equal or use "
                 "independent visual prompts")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .config import check_choice, config_hash
+from .errors import ConfigError
 from .engine import (ENGINE, DataManager, DatasetWrapper, TrainerX, build_lr_scheduler, build_optimizer,
                      compute_accuracy, load_checkpoint, save_checkpoint)
 
@@ -137,7 +138,7 @@ class PromptTrainer(TrainerX):
         pclip = PromptedCLIP(clip_model)
         size = tuple(cfg.INPUT.SIZE)
         if size[0] != pclip.image_size:
-            raise ValueError(
+            raise ConfigError(
                 f"INPUT.SIZE is {size} but the CLIP backbone expects {pclip.image_size}x{pclip.image_size} images; "
                 f"set INPUT.SIZE ({pclip.image_size}, {pclip.image_size}) in the config."
             )

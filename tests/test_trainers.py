@@ -209,3 +209,14 @@ def test_precision_modes_train_one_step(prec, ctx_dtype, toy_root, tmp_path, cli
     assert torch.isfinite(torch.tensor(summary["loss"])) and not torch.equal(before, ctx.detach())
     logits = tr.model_inference(next(iter(tr.test_loader))["img"])
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_bad_config_values_are_one_paragraph_errors(toy_root, tmp_path, tiny_vit_path):
+    base = base_args(toy_root, tmp_path / "o", "CoOp", "configs/trainers/CoOp/vit_b16_ep50.yaml", tiny_vit_path) + \
+        tiny_opts(tiny_vit_path)
+    code, _, err = run_cli(base + ["TRAINER.COOP.CLASS_TOKEN_POSITION", "left"])
+    assert code == 2 and "CLASS_TOKEN_POSITION" in err and "left" in err and "Traceback" not in err
+    code, _, err = run_cli(base + ["DATASET.NAME", "NoSuchData"])
+    assert code == 2 and "NoSuchData" in err and "ImageFolder" in err
+    code, _, err = run_cli(base + ["TRAINER.COOP.NO_SUCH_KEY", "1"])
+    assert code == 2 and "NO_SUCH_KEY" in err

@@ -36,6 +36,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from promptot.config import check_choice, check_ot_options, register_trainer_config, resolve
+from promptot.errors import ConfigError
 from promptot.engine import TRAINER_REGISTRY
 from promptot.ot import HierarchicalOTHead, OTHeadConfig
 from promptot.prompts import DeepPrompts, TextPrompts
@@ -70,9 +71,9 @@ class ALIGNConfig:
         check_ot_options("ALIGN", self.STOP, self.DOMAIN, self.GRAD)
         check_choice("TRAINER.ALIGN.COMPAT", self.COMPAT, ("paper", "reference"))
         if min(self.TEXT_PROMPT_NUMBER, self.VISION_PROMPT_NUMBER, self.PROMPT_DEPTH, self.N_CTX) < 1:
-            raise ValueError("TRAINER.ALIGN: N_CTX, PROMPT_DEPTH and the prompt numbers must be >= 1")
+            raise ConfigError("TRAINER.ALIGN: N_CTX, PROMPT_DEPTH and the prompt numbers must be >= 1")
         if self.COUPLED and self.VISION_PROMPT_NUMBER != self.TEXT_PROMPT_NUMBER:
-            raise ValueError(
+            raise ConfigError(
                 f"TRAINER.ALIGN.COUPLED True makes each visual prompt set a projection of one text set, so "
                 f"VISION_PROMPT_NUMBER ({self.VISION_PROMPT_NUMBER}) must equal TEXT_PROMPT_NUMBER "
                 f"({self.TEXT_PROMPT_NUMBER}); set them equal or use COUPLED False (independent visual prompts)")
@@ -105,7 +106,7 @@ class ALIGNModel(nn.Module):
     def __init__(self, clip, prompt_learner: ALIGNPromptLearner, cfg: ALIGNConfig) -> None:
         super().__init__()
         if not clip.is_vit:
-            raise ValueError("ALIGN prompts the vision transformer: use a ViT backbone (e.g. ViT-B/16)")
+            raise ConfigError("ALIGN prompts the vision transformer: use a ViT backbone (e.g. ViT-B/16)")
         self.clip, self.prompt_learner, self.cfg = clip, prompt_learner, cfg
         self.head = HierarchicalOTHead(cfg.head())
 

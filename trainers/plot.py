@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from promptot.config import check_choice, check_ot_options, register_trainer_config, resolve
+from promptot.errors import ConfigError
 from promptot.engine import TRAINER_REGISTRY
 from promptot.ot import HierarchicalOTHead, OTHeadConfig
 from promptot.heads import pooled_prompt_logits as global_logit
@@ -54,7 +55,7 @@ class PLOTConfig:
         check_ot_options("PLOT", self.STOP, self.DOMAIN, self.GRAD)
         check_choice("TRAINER.PLOT.LOCAL_FEATURES", self.LOCAL_FEATURES, LOCAL_FEATURES)
         if self.N < 1:
-            raise ValueError(f"TRAINER.PLOT.N must be >= 1, got {self.N}")
+            raise ConfigError(f"TRAINER.PLOT.N must be >= 1, got {self.N}")
 
     def head(self) -> OTHeadConfig:
         return OTHeadConfig(eps_prompt=self.EPS, token_level=False, compat="paper", max_iter=self.MAX_ITER,
@@ -71,9 +72,9 @@ class PLOTModel(nn.Module):
         self.cfg = cfg
         self.head = HierarchicalOTHead(cfg.head())
         if cfg.LOCAL_FEATURES == "attnpool" and clip.is_vit:
-            raise ValueError("TRAINER.PLOT.LOCAL_FEATURES attnpool needs an RN backbone (use auto or patch for ViT)")
+            raise ConfigError("TRAINER.PLOT.LOCAL_FEATURES attnpool needs an RN backbone (use auto or patch for ViT)")
         if cfg.LOCAL_FEATURES == "patch" and not clip.is_vit:
-            raise ValueError("TRAINER.PLOT.LOCAL_FEATURES patch needs a ViT backbone (use auto or attnpool for RN)")
+            raise ConfigError("TRAINER.PLOT.LOCAL_FEATURES patch needs a ViT backbone (use auto or attnpool for RN)")
 
     def text_features(self) -> Tensor:
         """``[C, N, D]`` EOT features (normalised) of the ``N*C`` set-major prompts."""

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from promptot.config import check_choice, check_ot_options, register_trainer_config, resolve
+from promptot.errors import ConfigError
 from promptot.engine import TRAINER_REGISTRY, load_pretrained_weights
 from promptot.ot import HierarchicalOTHead, OTHeadConfig
 from promptot.heads import pooled_prompt_logits as global_logit
@@ -60,10 +61,10 @@ class PLOTPPConfig:
         check_ot_options("PLOTPP", self.STOP, self.DOMAIN, self.GRAD)
         check_choice("TRAINER.PLOTPP.MODEL_UPD", self.MODEL_UPD, ("joint", "vision"))
         if min(self.N, self.M, self.N_CTX_V) < 1:
-            raise ValueError("TRAINER.PLOTPP.N, M and N_CTX_V must be >= 1")
+            raise ConfigError("TRAINER.PLOTPP.N, M and N_CTX_V must be >= 1")
         n_init = len(self.inits())
         if n_init not in (1, self.N):
-            raise ValueError(f"TRAINER.PLOTPP.CTX_INIT gives {n_init} '|'-separated templates; give 1 or N={self.N}")
+            raise ConfigError(f"TRAINER.PLOTPP.CTX_INIT gives {n_init} '|'-separated templates; give 1 or N={self.N}")
 
     def inits(self) -> List[str]:
         """One init string per text set (``[""]*N`` for random init)."""
@@ -99,7 +100,7 @@ class PLOTPPModel(nn.Module):
     def __init__(self, clip, prompt_learner: PLOTPPPromptLearner, cfg: PLOTPPConfig) -> None:
         super().__init__()
         if not clip.is_vit:
-            raise ValueError("PLOT++ prompts the vision transformer: use a ViT backbone (e.g. ViT-B/16)")
+            raise ConfigError("PLOT++ prompts the vision transformer: use a ViT backbone (e.g. ViT-B/16)")
         self.clip, self.prompt_learner, self.cfg = clip, prompt_learner, cfg
         self.head = HierarchicalOTHead(OTHeadConfig(eps_prompt=cfg.EPS, token_level=False, compat="paper",
                                                     max_iter=cfg.MAX_ITER, stop=cfg.STOP, domain=cfg.DOMAIN,
