@@ -195,7 +195,18 @@ class PromptTrainer(TrainerX):
             output = self.training_logits(image)
             loss = F.cross_entropy(output.float(), label)
         self.optimize(loss)
-        return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
+        summary = {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
+        summary.update(self.step_diagnostics())
+        return summary
+
+    def step_diagnostics(self) -> Dict[str, float]:
+        """Extra per-step values for the training line and TensorBoard. With an OT head (``self.model.head``):
+        ``plan_ent``, the normalised entropy of the prompt-level plans (1 = uniform: the OT has no effect)."""
+        head = getattr(getattr(self, "model", None), "head", None)
+        diag = getattr(head, "last_diagnostics", None)
+        if not diag or "plan_entropy" not in diag:
+            return {}
+        return {"plan_ent": float(diag["plan_entropy"])}
 
     def static_text(self) -> Any:
         """The text side when it does not depend on the image (e.g. ``self.model.text_features()``), or None.
