@@ -42,6 +42,7 @@ class SafeDatasetWrapper(DatasetWrapper):
 
     def __getitem__(self, idx: int):
         from .datasets.common import read_image
+        from .engine.data import wrapper_output
 
         skip = bool(getattr(self.cfg.DATASET, "SKIP_CORRUPT", False))
         n = len(self.data_source)
@@ -54,18 +55,7 @@ class SafeDatasetWrapper(DatasetWrapper):
         else:
             raise RuntimeError(f"100 consecutive unreadable images from index {idx} (DATASET.SKIP_CORRUPT is True); "
                                "check the dataset with `python -m promptot.datasets check --root <DATA>`")
-        output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": j}
-        if self.transform is not None:
-            if isinstance(self.transform, (list, tuple)):
-                for i, tfm in enumerate(self.transform):
-                    output["img" if i == 0 else f"img{i + 1}"] = self._transform_image(tfm, img0)
-            else:
-                output["img"] = self._transform_image(self.transform, img0)
-        else:
-            output["img"] = img0
-        if self.return_img0:
-            output["img0"] = self.to_tensor(img0)
-        return output
+        return wrapper_output(self, item, j, img0)
 
 
 def git_sha() -> Optional[str]:

@@ -220,3 +220,23 @@ def test_bad_config_values_are_one_paragraph_errors(toy_root, tmp_path, tiny_vit
     assert code == 2 and "NoSuchData" in err and "ImageFolder" in err
     code, _, err = run_cli(base + ["TRAINER.COOP.NO_SUCH_KEY", "1"])
     assert code == 2 and "NO_SUCH_KEY" in err
+
+
+def test_corrupt_image_stops_or_is_skipped(toy_root, tmp_path, tiny_vit_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(toy_root, data, ignore=shutil.ignore_patterns("split_fewshot", "split.json"))
+    bad = data / "toy" / "test" / "red" / "red_0.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    args = base_args(data, tmp_path / "o", "ZeroshotCLIP", "configs/trainers/CoOp/vit_b16_ep50.yaml", tiny_vit_path) + \
+        ["--eval-only"] + tiny_opts(tiny_vit_path) + ["TRAINER.ZSCLIP.PREC", "fp32"]
+    code, _, err = run_cli(args)
+    assert code == 2 and str(bad) in err and "python -m promptot.datasets check" in err and "SKIP_CORRUPT" in err
+    code, log, err = run_cli(args[:args.index("--output-dir") + 1] + [str(tmp_path / "o2")] +
+                             args[args.index("--output-dir") + 2:] + ["DATASET.SKIP_CORRUPT", "True"])
+    assert code == 0, err
+    assert "* total: 12" in log  # the unreadable image was replaced by the next readable one, and counted
+    from promptot.datasets.common import skipped_images
+
+    assert str(bad) in skipped_images()

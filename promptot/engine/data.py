@@ -287,23 +287,29 @@ class DatasetWrapper(TorchDataset):
 
     def __getitem__(self, idx: int) -> Dict[str, Any]:
         item = self.data_source[idx]
-        output: Dict[str, Any] = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
-        img0 = self.load_image(item.impath)
-        if self.transform is not None:
-            if isinstance(self.transform, (list, tuple)):
-                for i, tfm in enumerate(self.transform):
-                    output["img" if i == 0 else f"img{i + 1}"] = self._transform_image(tfm, img0)
-            else:
-                output["img"] = self._transform_image(self.transform, img0)
-        else:
-            output["img"] = img0
-        if self.return_img0:
-            output["img0"] = self.to_tensor(img0)
-        return output
+        return wrapper_output(self, item, idx, self.load_image(item.impath))
 
     def _transform_image(self, tfm, img0):
         imgs = [tfm(img0) for _ in range(self.k_tfm)]
         return imgs[0] if len(imgs) == 1 else imgs
+
+
+def wrapper_output(wrapper, item, index: int, img0: Image.Image) -> Dict[str, Any]:
+    """The dict a Dassl dataset wrapper returns for ``item`` with its opened image ``img0``: ``label``,
+    ``domain``, ``impath``, ``index``, ``img`` (``img2``... for a list of transforms; K views with
+    ``K_TRANSFORMS``) and ``img0`` with ``RETURN_IMG0``. Works on Dassl's wrapper and on this engine's."""
+    output: Dict[str, Any] = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": index}
+    tfm = wrapper.transform
+    if tfm is None:
+        output["img"] = img0
+    elif isinstance(tfm, (list, tuple)):
+        for i, t in enumerate(tfm):
+            output["img" if i == 0 else f"img{i + 1}"] = wrapper._transform_image(t, img0)
+    else:
+        output["img"] = wrapper._transform_image(tfm, img0)
+    if wrapper.return_img0:
+        output["img0"] = wrapper.to_tensor(img0)
+    return output
 
 
 def build_sampler(sampler_type: str, data_source=None, **_: Any):
