@@ -110,3 +110,29 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("mini CLIP accuracies on FashionMNISTShift (seed 1, test split)")
         for line in mod.pytest_terminal_summary_lines():
             terminalreporter.write_line(line)
+
+
+def check_one_training_step(tr) -> set:
+    """Run one ``forward_backward`` on a built trainer and check: finite loss, a nonzero finite gradient on
+    every learnable parameter, no gradient on anything else, the prompts updated, every CLIP weight unchanged.
+    Returns the names of the changed state-dict entries of the registered modules."""
+    import torch
+
+    names = tr.get_model_names()
+    learnable = {id(p) for n in names for p in tr._models[n].parameters() if p.requires_grad}
+    before = {(n, k): v.detach().clone() for n in names for k, v in tr._models[n].state_dict().items()}
+    frozen_before = {k: v.detach().clone() for k, v in tr.model.clip.state_dict().items()}
+    tr.set_model_mode("train")
+    tr.num_batches, tr.batch_idx, tr.epoch = 10, 0, 0
+    summary = tr.forward_backward(next(iter(tr.train_loader_x)))
+    assert torch.isfinite(torch.tensor(summary["loss"]))
+    for n, p in tr.model.named_parameters():
+        if id(p) in learnable:
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+        else:
+            assert p.grad is None, f"frozen parameter {n} received a gradient"
+    changed = {k for n in names for k, v in tr._models[n].state_dict().items() if not torch.equal(v, before[(n, k)])}
+    assert changed, "the optimizer step did not update the prompts"
+    for k, v in tr.model.clip.state_dict().items():
+        assert torch.equal(v, frozen_before[k]), f"frozen CLIP weight {k} changed"
+    return changed
