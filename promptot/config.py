@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Dict, Type, TypeVar
+from typing import Any, Dict, Iterable, Type, TypeVar
 
 from yacs.config import CfgNode as CN
 
@@ -69,12 +69,85 @@ def resolve(cfg: CN, cls: Type[T]) -> T:
     return cls(**{f.name: node[f.name] for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
-def config_hash(cfg: CN) -> str:
-    """Stable short hash of a resolved config (ignores where outputs go)."""
-    d = json.loads(json.dumps(cfg, default=list))
-    d.pop("OUTPUT_DIR", None)
-    d.pop("RESUME", None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+#: Sub-nodes that Dassl's own ``get_cfg_default()`` declares under ``TRAINER`` for its built-in DA/DG/SSL trainers
+#: (Dassl.pytorch c61a1b5, ``dassl/config/defaults.py``; 44 keys). The built-in engine declares them too, so a
+#: yaml or ``KEY VALUE`` option written for Dassl merges under both engines; no promptot trainer reads them, and
+#: :func:`config_hash` leaves them out.
+DASSL_TRAINER_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "MCD": {"N_STEP_F": 4},
+    "MME": {"LMDA": 0.1},
+    "CDAC": {"CLASS_LR_MULTI": 10, "RAMPUP_COEF": 30, "RAMPUP_ITRS": 1000, "TOPK_MATCH": 5, "P_THRESH": 0.95,
+             "STRONG_TRANSFORMS": ()},
+    "SE": {"EMA_ALPHA": 0.999, "CONF_THRE": 0.95, "RAMPUP": 300},
+    "M3SDA": {"LMDA": 0.5, "N_STEP_F": 4},
+    "DAEL": {"WEIGHT_U": 0.5, "CONF_THRE": 0.95, "STRONG_TRANSFORMS": ()},
+    "CROSSGRAD": {"EPS_F": 1.0, "EPS_D": 1.0, "ALPHA_F": 0.5, "ALPHA_D": 0.5},
+    "DDAIG": {"G_ARCH": "", "LMDA": 0.3, "CLAMP": False, "CLAMP_MIN": -1.0, "CLAMP_MAX": 1.0, "WARMUP": 0,
+              "ALPHA": 0.5},
+    "DAELDG": {"WEIGHT_U": 0.5, "CONF_THRE": 0.95, "STRONG_TRANSFORMS": ()},
+    "DOMAINMIX": {"TYPE": "crossdomain", "ALPHA": 1.0, "BETA": 1.0},
+    "ENTMIN": {"LMDA": 1e-3},
+    "MEANTEACHER": {"WEIGHT_U": 1.0, "EMA_ALPHA": 0.999, "RAMPUP": 5},
+    "MIXMATCH": {"WEIGHT_U": 100.0, "TEMP": 2.0, "MIXUP_BETA": 0.75, "RAMPUP": 20000},
+    "FIXMATCH": {"WEIGHT_U": 1.0, "CONF_THRE": 0.95, "STRONG_TRANSFORMS": ()},
+}
+
+#: Keys that say where a run reads and writes or how it is executed, not what it computes: the same job run on
+#: another machine (data root), into another folder, on CPU or GPU, with other loader workers, log or
+#: checkpoint frequency has the same hash (so a crashed job may be resumed with ``TRAIN.CHECKPOINT_FREQ 1``).
+RUNTIME_KEYS = ("OUTPUT_DIR", "RESUME", "DATASET.ROOT", "VERBOSE", "USE_CUDA", "DATALOADER.NUM_WORKERS",
+                "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ")
+
+#: Trainers whose ``TRAINER.<node>`` is not their upper-cased name.
+TRAINER_NODE_ALIASES = {"ZEROSHOTCLIP": "ZSCLIP", "ZEROSHOTCLIP2": "ZSCLIP"}
+
+
+def _plain(cfg: Any) -> Any:
+    """JSON-able copy of a config (tuples and lists alike become lists)."""
+    return json.loads(json.dumps(cfg, default=list))
+
+
+def owned_config(cfg: Any, ignore: Iterable[str] = RUNTIME_KEYS) -> Dict[str, Any]:
+    """The part of a resolved config that defines a job, as a plain dict: every key except ``ignore`` and except
+    the ``TRAINER`` sub-nodes of other trainers (Dassl's built-in ones, which only real Dassl declares, and the
+    project's other methods, which a new method adds). Identical whichever engine built the config."""
+    d = _plain(cfg)
+    for key in ignore:
+        *path, last = key.split(".")
+        parent = d
+        for part in path:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(last, None)
+    trainer = d.get("TRAINER")
+    if isinstance(trainer, dict):
+        name = str(trainer.get("NAME") or "").upper()
+        ours = [n for n, v in trainer.items() if isinstance(v, dict) and n not in DASSL_TRAINER_DEFAULTS]
+        own = TRAINER_NODE_ALIASES.get(name, name)
+        # A trainer whose node cannot be told from its name keeps every project node (a hash that changes too
+        # often is safe; one that ignores the method's own keys is not).
+        keep = {own} if own in ours else set(ours)
+        d["TRAINER"] = {n: v for n, v in trainer.items() if not isinstance(v, dict) or n in keep}
+    return d
+
+
+def config_hash(cfg: Any, ignore_seed: bool = False) -> str:
+    """Short hash identifying a job: :func:`owned_config` (the same under Dassl and the built-in engine, blind to
+    output folders, data root and other runtime keys). ``ignore_seed`` gives the hash of the job's group, the
+    runs that differ only by seed (see :func:`group_hash`)."""
+    ignore = RUNTIME_KEYS + (("SEED",) if ignore_seed else ())
+    return hashlib.sha256(json.dumps(owned_config(cfg, ignore), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def group_hash(cfg: Any) -> str:
+    """Hash shared by the runs of one experiment that differ only by seed (what results are averaged over)."""
+    return config_hash(cfg, ignore_seed=True)
+
+
+def config_from_yaml(path: str) -> CN:
+    """A resolved config as written to ``OUTPUT_DIR/config.yaml`` (by either engine), for hashing."""
+    with open(path) as f:
+        return CN.load_cfg(f)
 
 
 def check_choice(name: str, value: Any, choices) -> None:

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import __version__
-from .config import check_choice, config_hash
+from .config import check_choice, config_hash, group_hash
 from .errors import ConfigError
 from .engine import (ENGINE, DataManager, DatasetWrapper, TrainerX, build_lr_scheduler, build_optimizer,
                      compute_accuracy, load_checkpoint, save_checkpoint)
@@ -248,7 +248,8 @@ class PromptTrainer(TrainerX):
             "model_dir": getattr(self, "loaded_from", None),
             "engine": ENGINE,
             "promptot_version": __version__,
-            "config_hash": config_hash(cfg),
+            "config_hash": config_hash(cfg),  # the job (engine-independent, see promptot.config.config_hash)
+            "group_hash": group_hash(cfg),  # the job without its seed: what seeds are averaged over
             "git_sha": git_sha(),
         }
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
+from ..config import DASSL_TRAINER_DEFAULTS
+
 
 def _dassl_defaults() -> CN:
     _C = CN()
@@ -122,6 +124,12 @@ def _dassl_defaults() -> CN:
 
     _C.TRAINER = CN()
     _C.TRAINER.NAME = ""
+    # Dassl's own DA/DG/SSL trainers' nodes, so that the tree (and what a yaml may set) is Dassl's.
+    for node, keys in DASSL_TRAINER_DEFAULTS.items():
+        sub = CN()
+        for key, value in keys.items():
+            setattr(sub, key, value)
+        setattr(_C.TRAINER, node, sub)
     return _C
 
 
