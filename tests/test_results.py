@@ -46,3 +46,42 @@ def test_broken_line_is_reported(tmp_path):
 
 def test_empty_root(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
+
+
+def test_a_seed_run_three_times_counts_once_and_is_flagged(tmp_path, capsys):
+    # Issue 14.3: three runs of seed 1 used to show as "3 seeds, std 0.00" (or a spread over repeats).
+    for i, acc in enumerate([50.0, 60.0, 70.0]):
+        rec = dict(_rec(acc, 1), group_hash="g1", time=f"2024-01-0{i + 1}T00:00:00")
+        _write(tmp_path / f"rerun{i}" / "seed1", [rec])
+    (row,) = summarize(load_records(str(tmp_path)))
+    assert row["n"] == 1 and row["seeds"] == [1] and row["runs"] == 3
+    assert row["mean"] == pytest.approx(70.0) and row["spread"] == 0.0  # the latest run of the seed
+    assert any("seed 1 run 3 times" in f for f in row["flags"])
+    assert main([str(tmp_path)]) == 0
+    assert "seed 1 run 3 times" in capsys.readouterr().out
+
+
+def test_runs_of_different_configs_are_not_averaged(tmp_path):
+    # Issue 14.3: 4-shot runs trained for 3, 10 and 40 epochs were averaged together. Older records have no
+    # group_hash: the hash comes from each run's config.yaml.
+    for epochs, acc in [(3, 40.0), (10, 50.0), (40, 60.0)]:
+        for seed in (1, 2):
+            d = tmp_path / f"ep{epochs}" / f"seed{seed}"
+            rec = dict(_rec(acc + seed, seed), num_shots=4)
+            _write(d, [rec])
+            (d / "config.yaml").write_text(f"# config_hash: x\nSEED: {seed}\nOUTPUT_DIR: {d}\nOPTIM:\n  MAX_EPOCH: "
+                                           f"{epochs}\nTRAINER:\n  NAME: CoOp\n")
+    rows = summarize(load_records(str(tmp_path)))
+    assert len(rows) == 3  # one row per config, not one average over the three
+    assert sorted(r["mean"] for r in rows) == pytest.approx([41.5, 51.5, 61.5])
+    assert all(r["n"] == 2 and r["seeds"] == [1, 2] for r in rows)
+    assert all(any("mixed configs" in f for f in r["flags"]) for r in rows)
+    assert len({r["config"] for r in rows}) == 3
+
+
+def test_base_new_with_several_configs_gets_no_harmonic(tmp_path):
+    for g in ("a", "b"):
+        _write(tmp_path / f"base_{g}", [dict(_rec(80.0, 1, "base"), group_hash=f"base-{g}")])
+    _write(tmp_path / "new", [dict(_rec(60.0, 1, "new"), group_hash="new-a")])
+    rows = summarize(load_records(str(tmp_path)))
+    assert harmonic_rows(rows) == []  # which base run would H pair with? none: flagged instead
