@@ -484,7 +484,7 @@ class CoOpDataset(DatasetBase):
             out[key] = [[to_posix(osp.relpath(it.impath, self.dataset_dir)), int(it.label), it.classname]
                         for it in items]
         mkdir_if_missing(osp.dirname(path))
-        tmp = path + ".tmp"
+        tmp = f"{path}.{os.getpid()}.tmp"  # per process: jobs of a sweep may draw the same split at once
         with open(tmp, "w") as f:
             json.dump(out, f, indent=1)
         os.replace(tmp, path)

@@ -267,11 +267,11 @@ def materialize_images(
         rgb = np.asarray(fn(np.asarray(images[i]), int(i)))
         if rgb.ndim == 2:
             rgb = np.repeat(rgb[..., None], 3, axis=2)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: parallel jobs may build it at once
         Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
         os.replace(tmp, path)
     split_dir.mkdir(parents=True, exist_ok=True)
-    tmp_marker = marker.with_name(MARKER + ".tmp")
+    tmp_marker = marker.with_name(f"{MARKER}.{os.getpid()}.tmp")
     tmp_marker.write_text(json.dumps(key, sort_keys=True))
     os.replace(tmp_marker, marker)
     return entries
