@@ -122,14 +122,14 @@ class Running:
 class SubprocessLauncher:
     """Each job is ``python train.py ...`` in its own process (the default)."""
 
-    def __init__(self, repo: str, python: str = sys.executable) -> None:
-        self.repo, self.python = repo, python
+    def __init__(self, repo: str, python: str = sys.executable, script: str = "train.py") -> None:
+        self.repo, self.python, self.script = repo, python, script
 
     def start(self, job: Job, slot: Slot, log: str, lock_fd: int, attempt: int) -> Running:
         env = dict(os.environ, **slot.env)
         parent = os.getpid()
         with open(log, "ab") as out:
-            p = subprocess.Popen([self.python, os.path.join(self.repo, "train.py")] + job.argv(), cwd=self.repo,
+            p = subprocess.Popen([self.python, os.path.join(self.repo, self.script)] + job.argv(), cwd=self.repo,
                                  stdout=out, stderr=subprocess.STDOUT, env=env, pass_fds=(lock_fd,),
                                  preexec_fn=lambda: _die_with_parent(parent))
         return Running(job, attempt, slot, p.pid, log, popen=p)
@@ -331,6 +331,7 @@ def run_jobs(jobs: Sequence[Job], hashes: Dict[str, str], slots: Sequence[Slot],
     running: List[Running] = []
     free = list(slots)
     elsewhere: set = set()
+    announced: set = set()
     total = len(jobs)
     history.write(event="plan", jobs=total, done=len(finished), slots=[s.name for s in slots])
     resumed = sum(1 for j in waiting if status[j.id] == JobStatus.PARTIAL)
@@ -383,6 +384,9 @@ def run_jobs(jobs: Sequence[Job], hashes: Dict[str, str], slots: Sequence[Slot],
                 fd = try_lock(lock_path(state_dir, j))
                 if fd is None:
                     elsewhere.add(j.id)
+                    if j.id not in announced:
+                        announced.add(j.id)
+                        progress(f"{j.label()} is running in another process (its folder is locked); waiting")
                     i += 1
                     continue
                 if job_status(j, hashes.get(j.id)) == JobStatus.DONE:  # finished by another process meanwhile
