@@ -29,6 +29,6 @@ setup(
         "scipy",
         "tensorboard",
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    extras_require={"dev": ["pytest>=7"], "slurm": ["submitit>=1.5"]},
     entry_points={"console_scripts": ["promptot-datasets=promptot.datasets.__main__:main"]},
 )
