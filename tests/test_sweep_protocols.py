@@ -163,7 +163,7 @@ def test_bad_requests_are_explained():
         expand(pf, "fewshots", Selection(), repo=str(ROOT))
     with pytest.raises(ProtocolError, match="No 'zeroshot' entry for \\['CoOp'\\]"):
         expand(pf, "zeroshot", Selection(trainers=["CoOp"]), repo=str(ROOT))
-    with pytest.raises(ProtocolError, match="has no parameter 'nctxx'"):
+    with pytest.raises(ProtocolError, match="has a parameter .nctxx."):
         expand(pf, "fewshot", Selection(trainers=["CoOp"], params={"nctxx": "4"}), repo=str(ROOT))
 
 

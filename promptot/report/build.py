@@ -14,7 +14,7 @@ from .runs import Run
 from .tables import Section, base2new_section, fewshot_section, transfer_section, zeroshot_section
 
 ALL = ("fewshot", "base2new", "xd", "dg", "zeroshot")
-CSV_FIELDS = ["protocol", "method", "backbone", "origin", "dataset", "setting", "mean", "std", "n_seeds", "seeds",
+CSV_FIELDS = ["protocol", "method", "backbone", "origin", "dataset", "shots", "setting", "mean", "std", "n_seeds", "seeds",
               "values", "status", "flags", "published", "delta", "published_table", "published_source"]
 
 

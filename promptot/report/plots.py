@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def _save(fig, out_dir: str, name: str) -> List[str]:
@@ -117,6 +118,7 @@ def plot_diagnostics(series: Dict[str, Dict[str, Dict[int, float]]], out_dir: st
             xs = sorted(per_epoch)
             ax.plot(xs, [per_epoch[x] for x in xs], marker=".", label=label)
         ax.set_title(title, fontsize=10)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)

@@ -61,14 +61,14 @@ def _problems(where: str, cell: Optional[Cell]) -> List[str]:
 
 
 def _csv_row(protocol: str, row: Row, dataset: str, setting: str, cell: Optional[Cell] = None,
-             summary: Optional[Summary] = None, pub: Optional[Published] = None) -> Dict:
+             summary: Optional[Summary] = None, pub: Optional[Published] = None, shots: Optional[int] = None) -> Dict:
     method, backbone, origin = row
     mean = cell.mean if cell is not None else (summary.mean if summary else None)
     std = cell.std if cell is not None else (summary.std if summary else None)
     status = ("mixed" if cell is not None and cell.mixed else "ok" if mean is not None else "missing")
     return {
         "protocol": protocol, "method": method, "backbone": backbone, "origin": origin, "dataset": dataset,
-        "setting": setting, "mean": _fmt(mean, 4), "std": _fmt(std, 4),
+        "shots": "" if shots is None else shots, "setting": setting, "mean": _fmt(mean, 4), "std": _fmt(std, 4),
         "n_seeds": cell.n if cell is not None else (summary.n if summary else 0),
         "seeds": " ".join(str(s) for s in cell.seeds) if cell is not None else "",
         "values": " ".join(f"{cell.values[s]:.4f}" for s in cell.seeds) if cell is not None else "",
@@ -121,13 +121,13 @@ def fewshot_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs:
             if d == "average":
                 summ = average([(x, Z.get((row, x))) for x in datasets])
                 z_text, z_mean, z_std = summ.text(), summ.mean, summ.std
-                sec.csv.append(_csv_row("fewshot", row, "average", "zero-shot", summary=summ))
+                sec.csv.append(_csv_row("fewshot", row, "average", "zero-shot", summary=summ, shots=0))
             else:
                 cell = Z.get((row, d))
                 if cell is None:
                     continue
                 z_text, z_mean, z_std = cell.text(), cell.mean, cell.std
-                sec.csv.append(_csv_row("fewshot", row, d, "zero-shot", cell))
+                sec.csv.append(_csv_row("fewshot", row, d, "zero-shot", cell, shots=0))
                 sec.problems += _problems(f"{row_label(row)}, {d}, zero-shot", cell)
             table_rows.append([row_label(row), z_text] + [""] * len(shots))
             if z_mean is not None:
@@ -142,14 +142,14 @@ def fewshot_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs:
                     means.append(summ.mean)
                     stds.append(summ.std)
                     pub = _find_pub(pubs, "fewshot", row, "average", f"{k} shots", _configs(row_runs[row]))
-                    sec.csv.append(_csv_row("fewshot", row, "average", f"{k} shots", summary=summ, pub=pub))
+                    sec.csv.append(_csv_row("fewshot", row, "average", f"{k} shots", summary=summ, pub=pub, shots=k))
                 else:
                     cell = C.get((row, d, k))
                     texts.append(cell.text() if cell else "missing")
                     means.append(cell.mean if cell else None)
                     stds.append(cell.std if cell else None)
                     pub = _find_pub(pubs, "fewshot", row, d, f"{k} shots", _configs(row_runs[row]))
-                    sec.csv.append(_csv_row("fewshot", row, d, f"{k} shots", cell, pub=pub))
+                    sec.csv.append(_csv_row("fewshot", row, d, f"{k} shots", cell, pub=pub, shots=k))
                     sec.problems += _problems(f"{row_label(row)}, {d}, {k} shots", cell)
                 pub_vals.append(pub)
             table_rows.append([row_label(row), ""] + texts)
@@ -170,11 +170,27 @@ def fewshot_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs:
 # ------------------------------------------------------------------------------------------------ base-to-new
 def base2new_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs: Sequence[Published],
                      metric: str = "accuracy") -> Optional[Section]:
-    base = [r for r in runs if r.subsample == "base" and (r.trained_here or r.zero_shot)]
-    new = [r for r in runs if r.subsample == "new" and (r.model_dir or r.zero_shot)]
-    if not base and not new:
+    base_all = [r for r in runs if r.subsample == "base" and (r.trained_here or r.zero_shot)]
+    new_all = [r for r in runs if r.subsample == "new" and (r.model_dir or r.zero_shot)]
+    if not base_all and not new_all:
         return None
     sec = Section("base2new", "Base-to-new generalisation")
+    shot_groups = sorted({r.shots for r in base_all + new_all if not r.zero_shot}) or [0]
+    for k in shot_groups:  # the protocol has one (16); zero-shot rows appear in each group
+        base = [r for r in base_all if r.zero_shot or r.shots == k]
+        new = [r for r in new_all if r.zero_shot or r.shots == k]
+        prefix = f"{k} shots: " if len(shot_groups) > 1 else ""
+        _base2new_tables(sec, base, new, protocol_datasets, pubs, metric, prefix, k)
+    sec.notes.append("Base and New: mean ± std over seeds; H = 2·B·N/(B+N) from the seed means (the average row: "
+                     "from the averaged B and N).")
+    return sec
+
+
+def _base2new_tables(sec: Section, base: Sequence[Run], new: Sequence[Run], protocol_datasets: Sequence[str],
+                     pubs: Sequence[Published], metric: str, prefix: str, shots: int) -> None:
+    def row_csv(*args, **kwargs) -> Dict:
+        return _csv_row("base2new", *args, shots=shots, **kwargs)
+
     B: Dict[Tuple[Row, str], List[Run]] = defaultdict(list)
     N: Dict[Tuple[Row, str], List[Run]] = defaultdict(list)
     for r in base:
@@ -200,9 +216,9 @@ def base2new_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs
                 sn = average([(x, CN.get((row, x))) for x in datasets])
                 b_text, n_text, b, n = sb.text(), sn.text(), sb.mean, sn.mean
                 seeds = ""
-                sec.csv.append(_csv_row("base2new", row, "average", "base", summary=sb,
+                sec.csv.append(row_csv(row, "average", "base", summary=sb,
                                         pub=_find_pub(pubs, "base2new", row, "average", "base", configs)))
-                sec.csv.append(_csv_row("base2new", row, "average", "new", summary=sn,
+                sec.csv.append(row_csv(row, "average", "new", summary=sn,
                                         pub=_find_pub(pubs, "base2new", row, "average", "new", configs)))
             else:
                 cb, cn = CB.get((row, d)), CN.get((row, d))
@@ -212,9 +228,9 @@ def base2new_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs
                 n_text = cn.text() if cn else "missing"
                 b, n = (cb.mean if cb else None), (cn.mean if cn else None)
                 seeds = f"{cb.n if cb else 0}/{cn.n if cn else 0}"
-                sec.csv.append(_csv_row("base2new", row, d, "base", cb,
+                sec.csv.append(row_csv(row, d, "base", cb,
                                         pub=_find_pub(pubs, "base2new", row, d, "base", configs)))
-                sec.csv.append(_csv_row("base2new", row, d, "new", cn,
+                sec.csv.append(row_csv(row, d, "new", cn,
                                         pub=_find_pub(pubs, "base2new", row, d, "new", configs)))
                 sec.problems += _problems(f"{row_label(row)}, {d}, base", cb)
                 sec.problems += _problems(f"{row_label(row)}, {d}, new", cn)
@@ -222,19 +238,16 @@ def base2new_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs
             ph = _find_pub(pubs, "base2new", row, d, "H", configs)
             pb = _find_pub(pubs, "base2new", row, d, "base", configs)
             pn = _find_pub(pubs, "base2new", row, d, "new", configs)
-            sec.csv.append(_csv_row("base2new", row, d, "H", summary=Summary(h, note="missing"), pub=ph))
+            sec.csv.append(row_csv(row, d, "H", summary=Summary(h, note="missing"), pub=ph))
             pub_text = " / ".join(_fmt(p.value) if p else "–" for p in (pb, pn, ph)) if (pb or pn or ph) else ""
             table_rows.append([row_label(row), b_text, n_text, _fmt(h) if h is not None else "missing", seeds,
                                pub_text + (f" ({ph.table})" if ph else ""), _delta(h, ph.value if ph else None)])
             bars[row_label(row)] = (b, n, h)
         if table_rows:
             title = f"Average over {len(datasets)} datasets ({', '.join(datasets)})" if d == "average" else d
-            sec.tables.append(Table(title, columns, table_rows))
-            plot[title if d != "average" else "average"] = bars
-    sec.plot_data = plot
-    sec.notes.append("Base and New: mean ± std over seeds; H = 2·B·N/(B+N) from the seed means (the average row: "
-                     "from the averaged B and N).")
-    return sec
+            sec.tables.append(Table(prefix + title, columns, table_rows))
+            plot[prefix + (title if d != "average" else "Average")] = bars
+    sec.plot_data.update(plot)
 
 
 # ------------------------------------------------------------------------------------------------ transfer
@@ -273,7 +286,7 @@ def transfer_section(protocol: str, title: str, runs: Sequence[Run], targets: Se
             sc = Cell.of(list(sources[(src, shots)][row].values()), metric)
             tc = {d: Cell.of(cells[(row, d)], metric) if (row, d) in cells else None for d in cols}
             avg = average([(d, tc[d]) for d in cols])
-            sec.csv.append(_csv_row(protocol, row, src, f"source ({shots} shots)", sc))
+            sec.csv.append(_csv_row(protocol, row, src, "source", sc, shots=shots))
             for d in cols:
                 sec.csv.append(_csv_row(protocol, row, d, "target", tc[d],
                                         pub=_find_pub(pubs, protocol, row, d, "accuracy", _configs(cells.get((row, d), [])))))

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trainers", nargs="+", help="methods (default: every method with an entry for the protocol)")
     g.add_argument("--datasets", nargs="+", help="dataset config stems (transfer protocols: the targets)")
     g.add_argument("--source", help="transfer protocols: the dataset the prompts are learned on")
-    g.add_argument("--shots", nargs="+", type=int)
+    g.add_argument("--shots", nargs="+", metavar="K",
+                   help="shot counts; PROTOCOL=K,K sets them for one protocol (e.g. fewshot=2,4 base2new=2)")
     g.add_argument("--seeds", nargs="+", type=int)
     g.add_argument("--config", help="one config (stem in configs/trainers/<method>/ or a yaml path) for every job")
     g.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -88,6 +89,24 @@ def _params(items: List[str]) -> Dict[str, str]:
     return out
 
 
+def _shots(items: List[str], protocols: List[str]):
+    """``--shots 2 4`` (every protocol) and ``--shots fewshot=2,4 base2new=2`` (per protocol)."""
+    everywhere: List[int] = []
+    by: Dict[str, List[int]] = {}
+    try:
+        for it in items:
+            if "=" in it:
+                name, _, ks = it.partition("=")
+                if name not in protocols:
+                    raise ProtocolError(f"--shots {it}: {name!r} is not one of the protocols asked for ({protocols}).")
+                by[name] = [int(k) for k in ks.split(",") if k]
+            else:
+                everywhere.append(int(it))
+    except ValueError as e:
+        raise ProtocolError(f"--shots takes integers or PROTOCOL=K,K items, got {items}") from e
+    return everywhere or None, by
+
+
 def _root(path: str, repo: str) -> str:
     """Keep a relative root relative when running from the repository (the commands then read like the reference
     scripts'); make it absolute otherwise, since jobs run from the repository root."""
@@ -101,11 +120,12 @@ def plan(args: argparse.Namespace, repo: str, data_root: str, out_root: str) -> 
     pf = load_protocols(args.protocol_file)
     if len(args.opts) % 2:
         raise ProtocolError(f"--opts takes KEY VALUE pairs; got an odd number: {args.opts}")
-    sel = Selection(trainers=args.trainers, datasets=args.datasets, source=args.source, shots=args.shots,
-                    seeds=args.seeds, config=args.config, params=_params(args.param), opts=list(args.opts),
-                    load_epoch=args.load_epoch, only=args.only)
+    shots_all, shots_by = _shots(args.shots or [], args.protocols)
     jobs: Dict[str, Job] = {}
     for proto in args.protocols:
+        sel = Selection(trainers=args.trainers, datasets=args.datasets, source=args.source,
+                        shots=shots_by.get(proto, shots_all), seeds=args.seeds, config=args.config,
+                        params=_params(args.param), opts=list(args.opts), load_epoch=args.load_epoch, only=args.only)
         for j in expand(pf, proto, sel, repo=repo, data_root=data_root, output_root=out_root):
             if j.output_dir in jobs and jobs[j.output_dir].argv() != j.argv():
                 raise ProtocolError(f"{j.output_dir} is written by two protocols with different commands:\n  "

@@ -182,8 +182,8 @@ def load_protocols(path: Optional[str] = None) -> ProtocolFile:
                                     if "seeds" in s else None))
             if not stages and r.get("config") is None:
                 _fail(path, rwhere, "needs `config` (a config stem or a table of them) or `stages`.")
-            if stages and protocols[pname].kind != "fewshot":
-                _fail(path, rwhere, "`stages` are only supported in few-shot protocols.")
+            if stages and protocols[pname].kind == "zeroshot":
+                _fail(path, rwhere, "a zero-shot protocol trains nothing: `stages` make no sense here.")
             recipes[pname] = Recipe(config=r.get("config"), opts=dict(r.get("opts") or {}), epochs=r.get("epochs"),
                                     output=r.get("output"), eval_output=r.get("eval_output"),
                                     load_epoch=r.get("load_epoch"), stages=stages)
@@ -311,12 +311,7 @@ class _Builder:
 
     def ctx(self, method: Method, **kw: Any) -> _Ctx:
         params = dict(method.params)
-        for k, v in self.sel.params.items():
-            if k not in method.params:
-                raise ProtocolError(f"--param {k}={v}: method {method.name} has no parameter {k!r}; its parameters "
-                                    f"are {sorted(method.params) or 'none'} ({self.pf.path}, methods.{method.name}"
-                                    ".params).")
-            params[k] = v
+        params.update({k: v for k, v in self.sel.params.items() if k in method.params})
         base = dict(trainer=method.trainer, method=method.name, source=self.sel.source or self.p.source or "",
                     subsample="all")
         base.update(params)
@@ -392,7 +387,10 @@ class _Builder:
         config = trained.config
         ctx = self.ctx(method, dataset=dataset, shots=shots, seed=seed, config=_stem(config), subsample=subsample,
                        epochs=trained.max_epoch)
-        opts = _opt_pairs(recipe.opts, ctx, dataset, shots, drop=() if keep_shots else ("DATASET.NUM_SHOTS",))
+        # the model is built as the (last stage of) training built it; it loads --model-dir, not MODEL.INIT_WEIGHTS
+        source_opts = recipe.stages[-1].opts if recipe.stages else recipe.opts
+        drop = ("MODEL.INIT_WEIGHTS",) + (() if keep_shots else ("DATASET.NUM_SHOTS",))
+        opts = _opt_pairs(source_opts, ctx, dataset, shots, drop=drop)
         if keep_shots and not _has(opts, "DATASET.NUM_SHOTS"):
             opts += ["DATASET.NUM_SHOTS", str(shots)]
         if subsample != "all":
@@ -486,6 +484,11 @@ def expand(pf: ProtocolFile, protocol: str, sel: Selection, repo: Optional[str] 
                             f"entry under methods.<name>.{protocol} (a config per protocol is enough).")
     if sel.only not in (None, "train", "eval"):
         raise ProtocolError(f"--only must be train or eval, got {sel.only!r}")
+    for k, v in sel.params.items():
+        if not any(k in pf.methods[t].params for t in trainers):
+            known = {t: sorted(pf.methods[t].params) for t in trainers}
+            raise ProtocolError(f"--param {k}={v}: none of {trainers} has a parameter {k!r}; their parameters: "
+                                f"{known} ({pf.path}, methods.<name>.params).")
     b = _Builder(pf, p, sel, repo, data_root, output_root)
     for t in trainers:
         b.build(pf.methods[t])
