@@ -101,6 +101,7 @@ class Summary:
     std: Optional[float] = None
     n: int = 0
     note: str = ""  #: why it is missing, e.g. "missing 2/11 datasets"
+    missing: Tuple[str, ...] = ()  #: the datasets without a (single-config) value
 
     def text(self, digits: int = 2) -> str:
         if self.mean is None:
@@ -115,7 +116,8 @@ def average(cells: Sequence[Tuple[str, Optional[Cell]]]) -> Summary:
     spread over seeds of the per-seed averages, defined when every dataset has the same seeds."""
     absent = [d for d, c in cells if c is None or not c.present]
     if not cells or absent:
-        return Summary(None, note=f"missing {len(absent)}/{len(cells)} datasets" if cells else "missing")
+        return Summary(None, note=f"missing {len(absent)}/{len(cells)} datasets" if cells else "missing",
+                       missing=tuple(absent))
     means = [c.mean for _, c in cells]
     mean = sum(means) / len(means)  # type: ignore[arg-type]
     seed_sets = {tuple(c.seeds) for _, c in cells}

@@ -98,6 +98,12 @@ def markdown(rep: Report, title: str = "Results") -> str:
         out += [f"_{n}_" for n in sec.notes] + ([""] if sec.notes else [])
         for t in sec.tables:
             out += [f"### {t.title}", "", _md_table(t.columns, t.rows), ""]
+        if sec.comparisons:
+            out += ["### Published numbers (confirmed) and our difference", "",
+                    _md_table(["method", "dataset", "shots", "metric", "ours", "published", "Δ", "table"],
+                              [[c["row"], c["dataset"], str(c["shots"]), c["setting"], f"{c['ours']:.2f}",
+                                f"{c['published']:.2f}", f"{c['delta']:+.2f}", c["table"]] for c in sec.comparisons]),
+                    ""]
         if sec.problems:
             out += ["**Problems**", ""] + [f"- {p}" for p in sec.problems] + [""]
     if not rep.sections:
@@ -116,10 +122,17 @@ def write_report(rep: Report, out_dir: str, title: str = "Results", plots: bool 
     for sec in rep.sections:
         path = os.path.join(out_dir, f"{sec.protocol}.csv")
         with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(sec.csv)
         files.append(path)
+        if sec.comparisons:
+            path = os.path.join(out_dir, f"{sec.protocol}_published.csv")
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(sec.comparisons[0]))
+                w.writeheader()
+                w.writerows(sec.comparisons)
+            files.append(path)
         if not plots:
             continue
         if sec.protocol == "fewshot" and sec.plot_data.get("datasets"):

@@ -62,7 +62,11 @@ def plot_fewshot(data: Dict, out_dir: str, name: str = "fewshot") -> List[str]:
             handles[label] = h
             if s:
                 ax.axhspan(m - s, m + s, color=colours[label], alpha=0.1)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "missing (see the table)", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=9, color="grey")
         ax.set_xscale("log", base=2)
+        ax.set_xlim(min(data["shots"]) / 1.4, max(data["shots"]) * 1.4)
         ax.set_xticks(data["shots"])
         ax.set_xticklabels([str(k) for k in data["shots"]])
         ax.set_title("Average" if title == "average" else title, fontsize=10)
@@ -93,7 +97,8 @@ def plot_base2new(data: Dict[str, Dict[str, Tuple[Optional[float], Optional[floa
                    color=colour, label=metric)
             for x, v in zip(xs, vals):
                 if v is None:
-                    ax.text(x, 1, "missing", rotation=90, ha="center", va="bottom", fontsize=7)
+                    ax.text(x, 1, "missing", rotation=90, ha="center", va="bottom", fontsize=7, clip_on=True)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("accuracy (%)")

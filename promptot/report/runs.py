@@ -193,3 +193,11 @@ def link_sources(runs: Iterable[Run], bases: Sequence[str] = ()) -> None:
             if src is not None:
                 r.source = src
                 break
+        else:  # logs moved from where they ran: match the longest unique tail of the path (>= 3 folders)
+            parts = [p for p in os.path.normpath(r.model_dir).split(os.sep) if p]
+            for k in range(len(parts), 2, -1):
+                tail = os.sep + os.sep.join(parts[-k:])
+                hits = [x for path, x in index.items() if path.endswith(tail)]
+                if len(hits) == 1:
+                    r.source = hits[0]
+                    break

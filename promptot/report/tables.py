@@ -35,14 +35,15 @@ class Section:
     problems: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     plot_data: Dict = field(default_factory=dict)
+    comparisons: List[Dict] = field(default_factory=list)  #: every confirmed published number we have a value for
 
 
 def _fmt(v: Optional[float], digits: int = 2) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
 
-def _delta(ours: Optional[float], pub: Optional[float]) -> str:
-    return "" if ours is None or pub is None else f"{ours - pub:+.2f}"
+def _delta(ours: Optional[float], pub: Optional[float], digits: int = 2) -> str:
+    return "" if ours is None or pub is None else f"{ours - pub:+.{digits}f}"
 
 
 def _datasets_for(runs_datasets: Set[str], protocol_names: Sequence[str]) -> List[str]:
@@ -54,6 +55,23 @@ def _datasets_for(runs_datasets: Set[str], protocol_names: Sequence[str]) -> Lis
 
 def _configs(runs: Sequence[Run]) -> Set[str]:
     return {r.config_file for r in runs if r.config_file}
+
+
+def _visible(row_datasets: Set[str], d: str, averaged: Sequence[str]) -> bool:
+    """A row is shown in a dataset's table when it ran there, or when the dataset is one the row's average needs
+    (then as missing); in the average table when it ran on one of the averaged datasets."""
+    touches = bool(row_datasets & set(averaged))
+    if d == "average":
+        return touches
+    return d in row_datasets or (d in averaged and touches)
+
+
+def _row_configs(runs: Sequence[Run]) -> Dict[Row, Set[str]]:
+    out: Dict[Row, Set[str]] = defaultdict(set)
+    for r in runs:
+        if r.config_file:
+            out[r.row].add(r.config_file)
+    return out
 
 
 def _problems(where: str, cell: Optional[Cell]) -> List[str]:
@@ -70,21 +88,39 @@ def _csv_row(protocol: str, row: Row, dataset: str, setting: str, cell: Optional
         "protocol": protocol, "method": method, "backbone": backbone, "origin": origin, "dataset": dataset,
         "shots": "" if shots is None else shots, "setting": setting, "mean": _fmt(mean, 4), "std": _fmt(std, 4),
         "n_seeds": cell.n if cell is not None else (summary.n if summary else 0),
-        "seeds": " ".join(str(s) for s in cell.seeds) if cell is not None else "",
+        "seeds": " ".join(str(s) for s in cell.seeds if s is not None) if cell is not None else "",
         "values": " ".join(f"{cell.values[s]:.4f}" for s in cell.seeds) if cell is not None else "",
         "status": status, "flags": " | ".join(cell.flags()) if cell is not None else (summary.note if summary else ""),
-        "published": _fmt(pub.value) if pub else "", "delta": _delta(mean, pub.value if pub else None),
+        "published": _fmt(pub.value) if pub else "", "delta": _delta(mean, pub.value if pub else None, 4),
         "published_table": pub.table if pub else "", "published_source": pub.source if pub else "",
     }
 
 
+def _find_pubs(pubs: Sequence[Published], protocol: str, row: Row, dataset: str, setting: str,
+               configs: Set[str]) -> List[Published]:
+    return [p for p in pubs if p.protocol == protocol and p.dataset == dataset and p.setting == setting
+            and p.matches(row[0], row[1], configs)]
+
+
 def _find_pub(pubs: Sequence[Published], protocol: str, row: Row, dataset: str, setting: str,
               configs: Set[str]) -> Optional[Published]:
-    for p in pubs:
-        if p.protocol == protocol and p.dataset == dataset and p.setting == setting and \
-                p.matches(row[0], row[1], configs):
-            return p
-    return None
+    found = _find_pubs(pubs, protocol, row, dataset, setting, configs)
+    return found[0] if found else None
+
+
+def compare(sec: "Section", pubs: Sequence[Published], configs_of: Dict[Row, Set[str]]) -> None:
+    """Fill ``sec.comparisons``: for every CSV cell with a value, every confirmed published number for it."""
+    for r in sec.csv:
+        if r["status"] != "ok" or r["mean"] == "":
+            continue
+        row = (r["method"], r["backbone"], r["origin"])
+        setting = "accuracy" if r["setting"] in ("target", "target average") else r["setting"]
+        for p in _find_pubs(pubs, sec.protocol, row, r["dataset"], setting, configs_of.get(row, set())):
+            ours = float(r["mean"])
+            sec.comparisons.append({"row": row_label(row), "dataset": r["dataset"], "shots": r["shots"],
+                                    "setting": r["setting"], "ours": ours, "published": p.value,
+                                    "delta": ours - p.value, "table": p.table, "source": p.source,
+                                    "paper_name": p.paper_name})
 
 
 # ------------------------------------------------------------------------------------------------ few-shot
@@ -108,8 +144,12 @@ def fewshot_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs:
     datasets = _datasets_for(present, protocol_datasets)
     ordered = [d for d in protocol_datasets if d in present] + sorted(present - set(protocol_datasets))
     row_runs: Dict[Row, List[Run]] = defaultdict(list)
-    for (row, _, _), rs in cells.items():
+    row_sets: Dict[Row, Set[str]] = defaultdict(set)
+    for (row, d, _), rs in cells.items():
         row_runs[row] += rs
+        row_sets[row].add(d)
+    for (row, d) in zcells:
+        row_sets[row].add(d)
     C = {k: Cell.of(v, metric) for k, v in cells.items()}
     Z = {k: Cell.of(v, metric) for k, v in zcells.items()}
     plot = {"datasets": {}, "shots": shots}
@@ -118,6 +158,8 @@ def fewshot_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs:
         table_rows: List[List[str]] = []
         panel = {"lines": {}, "zeroshot": {}}
         for row in zrows:
+            if not _visible(row_sets[row], d, datasets):
+                continue
             if d == "average":
                 summ = average([(x, Z.get((row, x))) for x in datasets])
                 z_text, z_mean, z_std = summ.text(), summ.mean, summ.std
@@ -133,11 +175,16 @@ def fewshot_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs:
             if z_mean is not None:
                 panel["zeroshot"][row_label(row)] = (z_mean, z_std)
         for row in rows:
+            if not _visible(row_sets[row], d, datasets):
+                continue
             texts, means, stds = [], [], []
             pub_vals: List[Optional[Published]] = []
             for k in shots:
                 if d == "average":
                     summ = average([(x, C.get((row, x, k))) for x in datasets])
+                    if 0 < len(summ.missing) < len(datasets):
+                        sec.problems.append(f"{row_label(row)}, average at {k} shots: no single-config result on "
+                                            f"{', '.join(summ.missing)}")
                     texts.append(summ.text())
                     means.append(summ.mean)
                     stds.append(summ.std)
@@ -164,6 +211,7 @@ def fewshot_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs:
         plot["datasets"][title if d != "average" else "average"] = panel
     sec.plot_data = plot
     sec.notes.append("mean ± std over seeds (population std, as parse_test_res.py); an average needs every dataset.")
+    compare(sec, pubs, _row_configs(trained))
     return sec
 
 
@@ -183,6 +231,7 @@ def base2new_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs
         _base2new_tables(sec, base, new, protocol_datasets, pubs, metric, prefix, k)
     sec.notes.append("Base and New: mean ± std over seeds; H = 2·B·N/(B+N) from the seed means (the average row: "
                      "from the averaged B and N).")
+    compare(sec, pubs, _row_configs(base_all + new_all))
     return sec
 
 
@@ -203,17 +252,26 @@ def _base2new_tables(sec: Section, base: Sequence[Run], new: Sequence[Run], prot
     ordered = [d for d in protocol_datasets if d in present] + sorted(present - set(protocol_datasets))
     CB = {k: Cell.of(v, metric) for k, v in B.items()}
     CN = {k: Cell.of(v, metric) for k, v in N.items()}
+    row_sets: Dict[Row, Set[str]] = defaultdict(set)
+    for (row, d) in list(B) + list(N):
+        row_sets[row].add(d)
     columns = ["method", "Base", "New", "H", "seeds (B/N)", "published B / N / H", "Δ H"]
     plot: Dict = {}
     for d in ordered + (["average"] if datasets != ordered or len(ordered) > 1 else []):
         table_rows = []
         bars = {}
         for row in rows:
+            if not _visible(row_sets[row], d, datasets):
+                continue
             configs = _configs(B.get((row, d), []) + N.get((row, d), [])) if d != "average" else \
                 _configs([r for (rw, _), rs in list(B.items()) + list(N.items()) if rw == row for r in rs])
             if d == "average":
                 sb = average([(x, CB.get((row, x))) for x in datasets])
                 sn = average([(x, CN.get((row, x))) for x in datasets])
+                for side, summ in (("base", sb), ("new", sn)):
+                    if 0 < len(summ.missing) < len(datasets):
+                        sec.problems.append(f"{row_label(row)}, {prefix}average {side}: no single-config result on "
+                                            f"{', '.join(summ.missing)}")
                 b_text, n_text, b, n = sb.text(), sn.text(), sb.mean, sn.mean
                 seeds = ""
                 sec.csv.append(row_csv(row, "average", "base", summary=sb,
@@ -222,8 +280,6 @@ def _base2new_tables(sec: Section, base: Sequence[Run], new: Sequence[Run], prot
                                         pub=_find_pub(pubs, "base2new", row, "average", "new", configs)))
             else:
                 cb, cn = CB.get((row, d)), CN.get((row, d))
-                if cb is None and cn is None:
-                    continue
                 b_text = cb.text() if cb else "missing"
                 n_text = cn.text() if cn else "missing"
                 b, n = (cb.mean if cb else None), (cn.mean if cn else None)
@@ -297,6 +353,7 @@ def transfer_section(protocol: str, title: str, runs: Sequence[Run], targets: Se
                               + [avg.text()])
         sec.tables.append(Table(f"Source {src} ({shots} shots) → targets", ["method", f"{src} (source)"] + cols
                                 + [f"average ({len(cols)} targets)"], table_rows))
+    compare(sec, pubs, _row_configs(evals))
     return sec
 
 
