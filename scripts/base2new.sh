@@ -3,25 +3,12 @@
 #   e.g. bash scripts/base2new.sh CoCoOp vit_b16_c4_ep10_batch1_ctxv1 dtd 10
 #        bash scripts/base2new.sh ALIGN vit_b16_c2_ep5_batch4_2ctx dtd 20
 # For seeds 1-3: train on the base classes (16 shots; its final test is the base accuracy), then evaluate the
-# saved prompts of epoch LOADEP on the new classes. Output dirs follow CoCoOp's scripts:
+# saved prompts of epoch LOADEP on the new classes, in CoCoOp's folders:
 #   $OUT/base2new/train_base/DATASET/shots_16/TRAINER/CFG/seedS and .../test_new/... ; then a summary with H.
-# Run from the repository root; DATA and OUT come from the environment. A finished run is skipped, a crashed one
-# resumes (see scripts/finished.sh).
-set -e
-DATA=${DATA:-/path/to/datasets}; OUT=${OUT:-output}
-TRAINER=$1; CFG=$2; DATASET=$3; LOADEP=$4; shift 4
-source "$(dirname "$0")/finished.sh"
-for SEED in 1 2 3; do
-  TAIL=$DATASET/shots_16/$TRAINER/$CFG/seed$SEED
-  BASE=$OUT/base2new/train_base/$TAIL; NEW=$OUT/base2new/test_new/$TAIL
-  COMMON=(--root "$DATA" --seed $SEED --trainer $TRAINER --dataset-config-file configs/datasets/$DATASET.yaml
-          --config-file configs/trainers/$TRAINER/$CFG.yaml)
-  if finished "$BASE"; then echo "Base run finished in $BASE, skipping"; else
-    python train.py "${COMMON[@]}" --output-dir "$BASE" DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base "$@"
-  fi
-  if [ -f "$NEW/results.jsonl" ]; then echo "New-class evaluation done in $NEW, skipping"; else
-    python train.py "${COMMON[@]}" --output-dir "$NEW" --model-dir "$BASE" --load-epoch $LOADEP --eval-only \
-      DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES new "$@"
-  fi
-done
-python -m promptot.results "$OUT/base2new" 
+# A finished run is skipped, a crashed one resumes. The protocol is configs/protocols.yaml (base2new); the
+# trainer needs an entry there. DATA, OUT, GPUS, WORKERS, SWEEP_ARGS: see scripts/_sweep.sh.
+source "$(dirname "$0")/_sweep.sh"
+[ $# -ge 4 ] || { echo "usage: $0 TRAINER CFG DATASET LOADEP [KEY VALUE ...]" >&2; exit 2; }
+sweep base2new --trainers "$1" --config "$2" --datasets "$3" --load-epoch "$4" -- "${@:5}" || exit $?
+case " $SWEEP_ARGS " in *" --dry-run "*|*" --status "*|*" --slurm "*) exit 0;; esac
+"${PYTHON:-python}" -m promptot.results "${OUT:-output}/base2new"

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a method parameter used in its options and folders (e.g. nctx=8 for CoOp, n=2 for PLOT)")
     g.add_argument("--load-epoch", type=int, help="epoch evaluation jobs load (default: where training ends)")
     g.add_argument("--only", choices=["train", "eval"], help="keep only training or only evaluation jobs")
+    g.add_argument("--stage", help="keep only the jobs of one training stage (PLOT++: visiononly or joint)")
     g.add_argument("--data-root", default=os.environ.get("PROMPTOT_DATA") or os.environ.get("DATA"),
                    help="dataset root passed as --root (default: $PROMPTOT_DATA or $DATA)")
     g.add_argument("--output-root", default=os.environ.get("PROMPTOT_OUTPUT") or os.environ.get("OUT") or "output",
@@ -125,7 +126,8 @@ def plan(args: argparse.Namespace, repo: str, data_root: str, out_root: str) -> 
     for proto in args.protocols:
         sel = Selection(trainers=args.trainers, datasets=args.datasets, source=args.source,
                         shots=shots_by.get(proto, shots_all), seeds=args.seeds, config=args.config,
-                        params=_params(args.param), opts=list(args.opts), load_epoch=args.load_epoch, only=args.only)
+                        params=_params(args.param), opts=list(args.opts), load_epoch=args.load_epoch, only=args.only,
+                        stage=args.stage)
         for j in expand(pf, proto, sel, repo=repo, data_root=data_root, output_root=out_root):
             if j.output_dir in jobs and jobs[j.output_dir].argv() != j.argv():
                 raise ProtocolError(f"{j.output_dir} is written by two protocols with different commands:\n  "

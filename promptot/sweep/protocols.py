@@ -268,6 +268,7 @@ class Selection:
     opts: List[str] = field(default_factory=list)
     load_epoch: Optional[int] = None
     only: Optional[str] = None  #: "train" or "eval": keep only those jobs (dependencies must then exist)
+    stage: Optional[str] = None  #: keep only the jobs of this training stage (e.g. PLOT++ "visiononly")
 
 
 def _config_path(method: Method, stem_or_path: str) -> str:
@@ -509,6 +510,11 @@ def expand(pf: ProtocolFile, protocol: str, sel: Selection, repo: Optional[str] 
         j.needs = list(dict.fromkeys(j.needs))
     if sel.only:
         ordered = [j for j in ordered if j.role == sel.only]
+    if sel.stage:
+        stages = {j.stage for j in ordered if j.stage}
+        if sel.stage not in stages:
+            raise ProtocolError(f"--stage {sel.stage}: the jobs of {protocol!r} have stages {sorted(stages) or 'none'}.")
+        ordered = [j for j in ordered if j.stage == sel.stage]
     return ordered
 
 

@@ -1,0 +1,70 @@
+"""The shell scripts are thin wrappers over the protocol file and the runner: each one dry-runs, and those with a
+reference interface print the reference scripts' commands."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from test_sweep_protocols import DATA, cocoop_b2n, cocoop_xd, coop_eval, coop_main, zeroshot
+
+# minimal arguments of each script (the generic <protocol>.sh ones take optional datasets)
+ARGS = {
+    "coop/main.sh": ["caltech101", "rn50", "end", "16", "16", "False"], "coop/eval.sh": ["imagenetv2", "vit_b16_ep50"],
+    "coop/zeroshot.sh": ["eurosat", "vit_b16"], "cocoop/base2new_train.sh": ["dtd", "1"],
+    "cocoop/base2new_test.sh": ["dtd", "1"], "cocoop/xd_train.sh": ["1"], "cocoop/xd_test.sh": ["dtd", "1"],
+    "plot/main.sh": ["dtd", "4"], "plot/fewshot.sh": ["dtd"], "plotpp/main_visiononly.sh": ["dtd", "4"],
+    "plotpp/main_joint.sh": ["dtd", "4"], "align/fewshot.sh": ["dtd"],
+    "base2new.sh": ["CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1", "dtd", "10"],
+}
+SCRIPTS = sorted(str(p.relative_to(ROOT / "scripts")) for p in (ROOT / "scripts").rglob("*.sh")
+                 if p.name not in ("install.sh", "_sweep.sh", "finished.sh"))
+
+
+def dry(script: str, *args: str) -> list:
+    env = dict(os.environ, DATA=DATA, SWEEP_ARGS="--dry-run", PYTHON=sys.executable)
+    env.pop("OUT", None)
+    r = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], capture_output=True, text=True, env=env,
+                       cwd="/")
+    assert r.returncode == 0, r.stderr
+    return [shlex.split(ln) for ln in r.stdout.splitlines() if ln.startswith("python ")]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_expands_its_protocol(script):
+    assert dry(script, *ARGS.get(script, ["dtd"]))
+
+
+def test_reference_interfaces_print_the_reference_commands():
+    assert dry("coop/main.sh", "caltech101", "rn50", "middle", "16", "4", "True") == \
+        [coop_main("caltech101", "rn50", "middle", 16, 4, "True", s) for s in (1, 2, 3)]
+    assert dry("cocoop/base2new_train.sh", "dtd", "2") == [cocoop_b2n("dtd", 2, "base")]
+    assert dry("cocoop/base2new_test.sh", "dtd", "2") == [cocoop_b2n("dtd", 2, "new")]
+    assert dry("cocoop/xd_train.sh", "3") == [cocoop_xd("imagenet", 3)]
+    assert dry("cocoop/xd_test.sh", "eurosat", "3") == [cocoop_xd("eurosat", 3)]
+    assert dry("coop/zeroshot.sh", "dtd", "rn50") == [zeroshot("dtd", "rn50")]
+    cmds = dry("coop/eval.sh", "imagenet_sketch", "vit_b16_ep50")
+    assert [coop_eval("imagenet_sketch", "vit_b16_ep50", s) for s in (1, 2, 3)] == [c for c in cmds if "--eval-only" in c]
+
+
+def test_extra_options_are_passed_last(tmp_path):
+    cmds = dry("plot/fewshot.sh", "dtd", "2", "TRAINER.PLOT.EPS", "0.05")
+    assert all(c[-2:] == ["TRAINER.PLOT.EPS", "0.05"] and "OP_N2/" in c[c.index("--output-dir") + 1] for c in cmds)
+    cmds = dry("coop/xd.sh", "dtd", "--", "OPTIM.MAX_EPOCH", "1")
+    assert all(c[-2:] == ["OPTIM.MAX_EPOCH", "1"] for c in cmds) and len(cmds) == 6
+
+
+def test_finished_sh(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text(json.dumps({"split": "test", "epoch": 0}) + "\n")
+    check = f"source {ROOT}/scripts/finished.sh; finished {run}"
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT))
+    assert subprocess.run(["bash", "-c", check], env=env).returncode == 1  # a test without training
+    (run / "results.jsonl").write_text(json.dumps({"split": "test", "epoch": 5}) + "\n")
+    assert subprocess.run(["bash", "-c", check], env=env).returncode == 0
