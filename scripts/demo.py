@@ -6,10 +6,14 @@ project's mini CLIP, then a comparison table. Needs no network and no downloaded
 The mini CLIP is a 3.4M-parameter CLIP pretrained here on Fashion-MNIST: it checks the pipeline and
 the methods end to end, and says nothing about accuracy with OpenAI's CLIP. A finished run (its
 results.jsonl holds a test record for the same config) is reused, not redone; a crashed one resumes.
+
+Besides printing the table it writes it to OUT/demo.md and OUT/demo.csv, and a bar chart of the accuracies
+(zero-shot CLIP as a dashed line) to OUT/demo.png and OUT/demo.svg.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -86,9 +90,34 @@ def main(argv=None) -> None:
         rows.append([m, rec["dataset"], rec["num_shots"] if rec["num_shots"] > 0 else "-", rec["seed"],
                      f"{rec['metrics']['accuracy']:.1f}", f"{rec['metrics']['macro_f1']:.1f}",
                      rec.get("wall_s", "reused")])
+    headers = ["method", "dataset", "shots", "seed", "accuracy %", "macro F1 %", "time (s)"]
     print()
-    print(tabulate(rows, headers=["method", "dataset", "shots", "seed", "accuracy %", "macro F1 %", "time (s)"]))
+    print(tabulate(rows, headers=headers))
+    files = write_outputs(rows, headers, Path(args.output_dir), args)
     print(f"\nRecords: {args.output_dir}/**/results.jsonl (one JSON line per evaluation)")
+    print(f"Table and figure: {', '.join(str(f) for f in files)}")
+
+
+def write_outputs(rows, headers, out: Path, args) -> list:
+    """demo.md and demo.csv (the table), demo.png and demo.svg (accuracy per method, zero-shot as a line)."""
+    sys.path.insert(0, str(ROOT))
+    from promptot.report.plots import plot_accuracy_bars
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "demo.md"
+    md.write_text(f"Mini CLIP on {args.dataset}, {args.shots} shots, seed {args.seed} (test accuracy of each method; "
+                  "a pipeline check, not OpenAI CLIP's accuracy)\n\n"
+                  + tabulate(rows, headers=headers, tablefmt="github") + "\n")
+    with open(out / "demo.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(headers)
+        w.writerows(rows)
+    zs = [r for r in rows if r[0].startswith("Zeroshot")]
+    bars = [(r[0], float(r[4]), None) for r in rows if not r[0].startswith("Zeroshot")]
+    figs = plot_accuracy_bars(bars or [(r[0], float(r[4]), None) for r in zs], str(out), name="demo",
+                              title=f"Mini CLIP on {args.dataset}, {args.shots} shots, seed {args.seed}",
+                              baseline=(f"{zs[0][0]} {float(zs[0][4]):.1f}%", float(zs[0][4])) if zs and bars else None)
+    return [md, out / "demo.csv"] + [Path(p) for p in figs]
 
 
 if __name__ == "__main__":

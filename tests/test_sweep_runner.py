@@ -23,7 +23,7 @@ from promptot.sweep.task import run_task
 # (split, epoch, model_dir, config_hash), and records the CUDA_VISIBLE_DEVICES it got and when it ran.
 # <output_dir>.fail_once: fail the first attempt; <output_dir>.fail: always fail.
 FAKE_TRAIN = r'''
-import hashlib, json, os, sys, time
+import datetime, hashlib, json, os, sys, time
 argv = sys.argv[1:]
 def val(flag):
     return argv[argv.index(flag) + 1] if flag in argv else None
@@ -45,7 +45,8 @@ else:
 core = [a for i, a in enumerate(argv) if not (a in ("--output-dir", "--root") or (i and argv[i - 1] in ("--output-dir", "--root")))]
 rec = {"split": "test", "epoch": epoch, "model_dir": val("--model-dir"), "seed": int(val("--seed") or -1),
        "config_hash": hashlib.sha256(json.dumps(core).encode()).hexdigest()[:12], "metrics": {"accuracy": 50.0},
-       "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
+       "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time(),
+       "time": datetime.datetime.now().isoformat(timespec="seconds")}
 with open(os.path.join(out, "results.jsonl"), "a") as f:
     f.write(json.dumps(rec) + "\n")
 '''
@@ -223,3 +224,17 @@ def test_check_changed_lists_the_folders(tmp_path):
                                                                "config_hash": "other"}) + "\n")
     with pytest.raises(SweepRefused, match=str(j.output_dir)):
         check_changed([j], {j.id: "mine"}, rerun_changed=False)
+
+
+def test_an_evaluation_of_retrained_prompts_runs_again(repo, tmp_path):
+    out = tmp_path / "out"
+    jobs = _jobs(out, n_train=1)
+    assert _run(repo, out, jobs)[0].ok
+    # the training folder was deleted and is trained again: its evaluation (same config) is stale
+    import shutil
+
+    shutil.rmtree(jobs[0].output_dir)
+    time.sleep(1.1)  # records carry times to the second
+    res, _ = _run(repo, out, jobs)
+    assert sorted(res.ran) == ["eval0", "train0"]
+    assert Path(jobs[1].output_dir, "attempts").read_text() == "xx"

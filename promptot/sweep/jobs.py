@@ -108,10 +108,14 @@ def read_records(run_dir: str) -> List[dict]:
     return out
 
 
-def completing_record(job: Job, records: List[dict], job_hash: Optional[str]) -> Optional[dict]:
-    """The last test record that completes ``job`` (right epoch and model folder, and hash when known)."""
+def completing_record(job: Job, records: List[dict], job_hash: Optional[str],
+                      not_before: Optional[str] = None) -> Optional[dict]:
+    """The last test record that completes ``job`` (right epoch and model folder, hash when known, and for an
+    evaluation not older than the training it loads, ``not_before``)."""
     for r in reversed(records):
         if r.get("split") != "test" or int(r.get("epoch") or 0) != job.expected_epoch:
+            continue
+        if not_before and str(r.get("time", "")) < not_before:
             continue
         if job_hash is not None and r.get("config_hash") != job_hash:
             continue
@@ -139,13 +143,22 @@ def folder_hash(run_dir: str) -> Optional[str]:
     return None
 
 
+def loaded_run_time(job: Job) -> Optional[str]:
+    """For an evaluation: the time of the last test record of the run it loads (its results must be newer: an
+    evaluation of prompts that were trained again is stale)."""
+    if not job.model_dir:
+        return None
+    times = [str(r.get("time", "")) for r in read_records(job.model_dir) if r.get("split") == "test"]
+    return max(times) if times else None
+
+
 def job_status(job: Job, job_hash: Optional[str]) -> str:
     """One of :class:`JobStatus` for ``job`` whose resolved config hashes to ``job_hash``."""
     d = job.output_dir
     if not os.path.isdir(d):
         return JobStatus.PENDING
     records = read_records(d)
-    if completing_record(job, records, job_hash) is not None:
+    if completing_record(job, records, job_hash, loaded_run_time(job)) is not None:
         return JobStatus.DONE
     found = folder_hash(d)
     if found is not None and job_hash is not None and found != job_hash:

@@ -324,8 +324,12 @@ def run_jobs(jobs: Sequence[Job], hashes: Dict[str, str], slots: Sequence[Slot],
     eta = Eta(history.events())
     status = check_changed(jobs, hashes, rerun_changed, out)
     by_dir = {os.path.normpath(j.output_dir): j for j in jobs}
-    result = SweepResult(done=[j.id for j in jobs if status[j.id] == JobStatus.DONE])
-    finished = set(result.done)
+    finished = set()
+    for j in jobs:  # in plan order: a job is done only if what it loads is done too (else it runs again after it)
+        deps = [by_dir.get(os.path.normpath(d)) for d in j.needs]
+        if status[j.id] == JobStatus.DONE and all(dj is None or dj.id in finished for dj in deps):
+            finished.add(j.id)
+    result = SweepResult(done=[j.id for j in jobs if j.id in finished])
     waiting = [j for j in jobs if j.id not in finished]
     attempts: Dict[str, int] = {}
     running: List[Running] = []
