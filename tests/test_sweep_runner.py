@@ -33,6 +33,9 @@ with open(os.path.join(out, "attempts"), "a") as f:
     f.write("x")
 start = time.time()
 time.sleep(float(os.environ.get("FAKE_SLEEP", "0.3")))
+if os.path.exists(out.rstrip("/") + ".usererror"):
+    print("ERROR: dataset not found", file=sys.stderr)
+    sys.exit(2)
 if os.path.exists(out.rstrip("/") + ".fail") or (
         os.path.exists(out.rstrip("/") + ".fail_once") and len(open(os.path.join(out, "attempts")).read()) == 1):
     sys.exit(3)
@@ -178,6 +181,8 @@ def test_cpu_workers_share_the_cores(monkeypatch):
     assert slots[0].threads == max(1, (os.cpu_count() or 1) // 2)
     with pytest.raises(SweepRefused):
         make_slots(None, 0)
+    with pytest.raises(SweepRefused, match="distinct GPU ids"):
+        make_slots(["all"], 1)
 
 
 def test_slurm_arrays_by_dependency_level_and_their_tasks(repo, tmp_path):
@@ -238,3 +243,14 @@ def test_an_evaluation_of_retrained_prompts_runs_again(repo, tmp_path):
     res, _ = _run(repo, out, jobs)
     assert sorted(res.ran) == ["eval0", "train0"]
     assert Path(jobs[1].output_dir, "attempts").read_text() == "xx"
+
+
+def test_a_user_error_is_not_retried(repo, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = _jobs(out, n_train=1)
+    Path(jobs[0].output_dir + ".usererror").touch()
+    res, lines = _run(repo, out, jobs)
+    assert res.failed == ["train0"] and res.blocked == ["eval0"]
+    assert Path(jobs[0].output_dir, "attempts").read_text() == "x"
+    assert any("user error" in ln and "ERROR: dataset not found" in ln for ln in lines)

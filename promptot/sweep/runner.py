@@ -88,6 +88,10 @@ class Slot:
 def make_slots(gpus: Optional[Sequence[str]], workers: int) -> List[Slot]:
     """One slot per GPU id, else ``workers`` CPU slots that share the cores."""
     if gpus:
+        bad = [g for g in gpus if not (str(g).isdigit() or str(g).startswith(("GPU-", "MIG-")))]
+        if bad or len(set(gpus)) != len(gpus):
+            raise SweepRefused(f"--gpus takes distinct GPU ids (e.g. 0,1,2,3, or GPU-/MIG- UUIDs as nvidia-smi -L "
+                               f"lists them), got {list(gpus)}.")
         return [Slot(f"gpu{g}", {"CUDA_VISIBLE_DEVICES": str(g)}) for g in gpus]
     if workers < 1:
         raise SweepRefused(f"--workers must be >= 1, got {workers}")
@@ -432,7 +436,10 @@ def run_jobs(jobs: Sequence[Job], hashes: Dict[str, str], slots: Sequence[Slot],
                     history.write(event="end", job=j.id, attempt=r.attempt, rc=rc, status="failed",
                                   seconds=round(seconds, 2), key=_duration_key(j))
                     tail = _tail(r.log)
-                    if r.attempt <= retries:
+                    if rc == 2:  # a user error (config, data, weights): the same run would fail the same way
+                        result.failed.append(j.id)
+                        progress(f"{j.label()} FAILED with a user error (exit code 2), not retried. Log: {r.log}{tail}")
+                    elif r.attempt <= retries:
                         waiting.insert(0, j)
                         progress(f"{j.label()} failed ({why}); retrying (attempt {r.attempt + 1}), it resumes from "
                                  f"its last checkpoint. Log: {r.log}{tail}")
