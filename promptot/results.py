@@ -118,6 +118,7 @@ def harmonic_rows(rows: Sequence[Dict]) -> List[Dict]:
 
 
 def format_table(rows: Sequence[Dict], metric: str, ci95: bool) -> str:
+    """The rows of :func:`summarize` (and :func:`harmonic_rows`) as a text table."""
     spread = "95% CI" if ci95 else "std"
     body = [[r["method"], r["dataset"], r["backbone"], r["num_shots"] if (r["num_shots"] or 0) > 0 else "-",
              r["subsample_classes"], r["config"], r["n"],
@@ -128,6 +129,7 @@ def format_table(rows: Sequence[Dict], metric: str, ci95: bool) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line; returns 0, or 1 when there is nothing to summarise."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="directory holding run directories (searched recursively)")
     p.add_argument("--metric", default="accuracy", choices=["accuracy", "error_rate", "macro_f1", "perclass_accuracy"])

@@ -138,6 +138,7 @@ def harmonic(base: Optional[float], new: Optional[float]) -> Optional[float]:
 
 
 def row_label(row: Row) -> str:
+    """"CoOp (ViT-B/16)", with " [label]" for ingested logs."""
     method, backbone, origin = row
     return f"{method} ({backbone})" + (f" [{origin}]" if origin else "")
 

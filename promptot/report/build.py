@@ -90,6 +90,7 @@ def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def markdown(rep: Report, title: str = "Results") -> str:
+    """The report as Markdown: per protocol its tables, published comparisons and problems."""
     out = [f"# {title}", "", f"{rep.n_runs} run(s). Cells: mean ± std over seeds (population std, as CoOp's "
            "parse_test_res.py); `missing`: no finished run; `mixed configs`: runs of different configs, not averaged.",
            ""]

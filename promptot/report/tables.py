@@ -126,6 +126,8 @@ def compare(sec: "Section", pubs: Sequence[Published], configs_of: Dict[Row, Set
 # ------------------------------------------------------------------------------------------------ few-shot
 def fewshot_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs: Sequence[Published],
                     metric: str = "accuracy") -> Optional[Section]:
+    """Few-shot tables (methods × shots per dataset and averaged) from runs trained on all classes; None without
+    any. ``protocol_datasets`` (DATASET.NAMEs) are what the average needs."""
     trained = [r for r in runs if r.subsample == "all" and r.trained_here and r.shots > 0]
     zs = [r for r in runs if r.subsample == "all" and r.zero_shot]
     if not trained:
@@ -218,6 +220,7 @@ def fewshot_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs:
 # ------------------------------------------------------------------------------------------------ base-to-new
 def base2new_section(runs: Sequence[Run], protocol_datasets: Sequence[str], pubs: Sequence[Published],
                      metric: str = "accuracy") -> Optional[Section]:
+    """Base-to-new tables (Base / New / H per dataset and averaged), one set per shot count; None without runs."""
     base_all = [r for r in runs if r.subsample == "base" and (r.trained_here or r.zero_shot)]
     new_all = [r for r in runs if r.subsample == "new" and (r.model_dir or r.zero_shot)]
     if not base_all and not new_all:
@@ -360,6 +363,7 @@ def transfer_section(protocol: str, title: str, runs: Sequence[Run], targets: Se
 # ------------------------------------------------------------------------------------------------ zero-shot
 def zeroshot_section(runs: Sequence[Run], protocol_datasets: Sequence[str], metric: str = "accuracy") -> \
         Optional[Section]:
+    """Zero-shot accuracy per dataset; None without zero-shot runs."""
     zs = [r for r in runs if r.subsample == "all" and r.zero_shot]
     if not zs:
         return None

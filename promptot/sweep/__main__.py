@@ -32,6 +32,7 @@ from .slurm import SlurmOptions, levels, submit_with_submitit, write_scripts
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m promptot.sweep``."""
     p = argparse.ArgumentParser(prog="python -m promptot.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("protocols", nargs="+", metavar="PROTOCOL", help="protocol name(s) from the protocol file")

@@ -67,6 +67,7 @@ class Job:
         return " ".join(shlex.quote(x) for x in [python, "train.py"] + self.argv())
 
     def label(self) -> str:
+        """Short human name, e.g. "CoOp dtd 16-shot base seed1 train"."""
         parts = [self.method, self.dataset]
         if self.shots:
             parts.append(f"{self.shots}-shot")

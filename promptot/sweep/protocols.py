@@ -93,6 +93,7 @@ class ProtocolFile:
     methods: Dict[str, Method]
 
     def methods_for(self, protocol: str) -> List[str]:
+        """Names of the methods with an entry for ``protocol``."""
         return [m for m, spec in self.methods.items() if protocol in spec.recipes]
 
 

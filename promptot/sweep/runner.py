@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import UserError
 from .jobs import Job, JobStatus, dir_complete, job_status
@@ -43,7 +43,8 @@ class TrainPyResolver:
         self._train = None
 
     @property
-    def train(self):
+    def train(self) -> Any:
+        """The repository's ``train`` module (imported on first use)."""
         if self._train is None:
             if self.repo not in sys.path:
                 sys.path.insert(0, self.repo)
@@ -53,6 +54,7 @@ class TrainPyResolver:
         return self._train
 
     def hash(self, job: Job) -> str:
+        """The config hash ``train.py`` will write for ``job`` (raises :class:`SweepRefused` on a bad config)."""
         from ..config import config_hash
 
         train = self.train
@@ -109,6 +111,7 @@ class Running:
         self.start = time.time()
 
     def poll(self) -> Optional[int]:
+        """The exit code once the job ended, else None."""
         if self.popen is not None:
             return self.popen.poll()
         pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -130,6 +133,7 @@ class SubprocessLauncher:
         self.repo, self.python, self.script = repo, python, script
 
     def start(self, job: Job, slot: Slot, log: str, lock_fd: int, attempt: int) -> Running:
+        """Start ``python train.py ARGS`` on ``slot``, console to ``log``, holding the lock ``lock_fd``."""
         env = dict(os.environ, **slot.env)
         parent = os.getpid()
         with open(log, "ab") as out:
@@ -148,6 +152,7 @@ class ForkLauncher:
         self.resolver = resolver
 
     def start(self, job: Job, slot: Slot, log: str, lock_fd: int, attempt: int) -> Running:
+        """Fork a child that runs ``train.main`` on the job's arguments (same exit codes as ``train.py``)."""
         train = self.resolver.train  # import before forking
         parent = os.getpid()
         sys.stdout.flush()
@@ -269,6 +274,7 @@ def _fmt_eta(seconds: Optional[float]) -> str:
 
 
 def lock_path(state_dir: str, job: Job) -> str:
+    """The lock file of a job's output folder (one per folder, under the sweep's state folder)."""
     return os.path.join(state_dir, "locks", hashlib.sha1(os.path.abspath(job.output_dir).encode()).hexdigest()[:16]
                         + ".lock")
 

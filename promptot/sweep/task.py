@@ -49,6 +49,7 @@ def run_task(plan_path: str, level: int, index: int) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m promptot.sweep.task PLAN LEVEL INDEX``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 3:
         print("usage: python -m promptot.sweep.task PLAN.json LEVEL INDEX", file=sys.stderr)
