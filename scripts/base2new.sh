@@ -11,4 +11,5 @@ source "$(dirname "$0")/_sweep.sh"
 [ $# -ge 4 ] || { echo "usage: $0 TRAINER CFG DATASET LOADEP [KEY VALUE ...]" >&2; exit 2; }
 sweep base2new --trainers "$1" --config "$2" --datasets "$3" --load-epoch "$4" -- "${@:5}" || exit $?
 case " $SWEEP_ARGS " in *" --dry-run "*|*" --status "*|*" --slurm "*) exit 0;; esac
-"${PYTHON:-python}" -m promptot.results "${OUT:-output}/base2new"
+PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python}" -m promptot.results \
+  "${OUT:-output}/base2new"

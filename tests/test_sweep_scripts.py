@@ -26,11 +26,12 @@ SCRIPTS = sorted(str(p.relative_to(ROOT / "scripts")) for p in (ROOT / "scripts"
                  if p.name not in ("install.sh", "_sweep.sh", "finished.sh"))
 
 
-def dry(script: str, *args: str) -> list:
-    env = dict(os.environ, DATA=DATA, SWEEP_ARGS="--dry-run", PYTHON=sys.executable)
-    env.pop("OUT", None)
+def dry(script: str, *args: str, cwd=ROOT, **env_extra: str) -> list:
+    env = dict(os.environ, DATA=DATA, SWEEP_ARGS="--dry-run", PYTHON=sys.executable, **env_extra)
+    if "OUT" not in env_extra:
+        env.pop("OUT", None)
     r = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], capture_output=True, text=True, env=env,
-                       cwd="/")
+                       cwd=str(cwd))
     assert r.returncode == 0, r.stderr
     return [shlex.split(ln) for ln in r.stdout.splitlines() if ln.startswith("python ")]
 
@@ -57,6 +58,12 @@ def test_extra_options_are_passed_last(tmp_path):
     assert all(c[-2:] == ["TRAINER.PLOT.EPS", "0.05"] and "OP_N2/" in c[c.index("--output-dir") + 1] for c in cmds)
     cmds = dry("coop/xd.sh", "dtd", "--", "OPTIM.MAX_EPOCH", "1")
     assert all(c[-2:] == ["OPTIM.MAX_EPOCH", "1"] for c in cmds) and len(cmds) == 6
+
+
+def test_relative_folders_are_those_of_the_caller(tmp_path):
+    (cmd,) = dry("cocoop/xd_train.sh", "1", cwd=tmp_path, OUT="runs")
+    out = cmd[cmd.index("--output-dir") + 1]
+    assert out == str(tmp_path / "runs/imagenet/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1_16shots/seed1")
 
 
 def test_finished_sh(tmp_path):
