@@ -139,12 +139,15 @@ def plot_accuracy_bars(values: Sequence[Tuple[str, float, Optional[float]]], out
     """One bar per (label, mean, std); ``baseline`` (label, value) as a dashed horizontal line."""
     fig, ax = plt.subplots(figsize=(1.3 * len(values) + 2.5, 3.6))
     labels = [v[0] for v in values]
-    ax.bar(labels, [v[1] for v in values], yerr=[v[2] or 0.0 for v in values], capsize=4, color="#4c72b0")
+    spread = [v[2] for v in values]
+    ax.bar(labels, [v[1] for v in values], yerr=[s or 0.0 for s in spread] if any(spread) else None, capsize=4,
+           color="#4c72b0")
     for i, v in enumerate(values):
-        ax.text(i, v[1], f"{v[1]:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.text(i, v[1] + (v[2] or 0.0) + 0.5, f"{v[1]:.1f}", ha="center", va="bottom", fontsize=8)
     if baseline is not None:
         ax.axhline(baseline[1], color="#c44e52", linestyle="--", label=baseline[0])
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax.set_ylim(0, max(v[1] + (v[2] or 0.0) for v in values) * 1.12)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)

@@ -191,6 +191,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserError as e:
         print(format_user_error(e), file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `--dry-run | head`: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 def _slurm(args: argparse.Namespace, repo: str, jobs: List[Job], hashes: Dict[str, str]) -> int:
