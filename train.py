@@ -9,17 +9,24 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-import sys
 
-import torch
+from promptot.errors import UserError
 
-import promptot.datasets as promptot_datasets
-import promptot.engine as engine
-from promptot.config import config_hash, extend_cfg
-from promptot.errors import UserError, format_user_error, user_error_types
+# torch, the engine and the trainers are imported by load_plugins(), after the arguments are parsed, so that
+# `train.py --help` and argument errors answer at once.
+engine = None
 
-import datasets  # noqa: F401  (registers the dataset classes)
-import trainers  # noqa: F401  (registers the trainer classes)
+
+def load_plugins():
+    """Import the engine (real Dassl or built-in), the dataset classes and the trainers (registering them)."""
+    global engine
+    import promptot.engine as _engine
+
+    import datasets  # noqa: F401  (registers the dataset classes)
+    import trainers  # noqa: F401  (registers the trainer classes)
+
+    engine = _engine
+    return _engine
 
 
 def print_args(args, cfg) -> None:
@@ -69,6 +76,14 @@ def _merge_file(cfg, path: str, what: str) -> None:
 
 
 def setup_cfg(args):
+    load_plugins()
+    from promptot.config import extend_cfg
+
+    flags = [o for o in args.opts if o.startswith("--")]
+    if flags:
+        raise UserError(f"Command-line flags must come before the KEY VALUE overrides, but {flags[0]} comes after "
+                        f"them: move {' '.join(flags)} before the first KEY (e.g. `train.py --output-dir OUT ... "
+                        "DATASET.NUM_SHOTS 16`).")
     cfg = engine.get_cfg_default()
     extend_cfg(cfg)
     if args.dataset_config_file:
@@ -88,6 +103,12 @@ def setup_cfg(args):
 
 def main(args) -> None:
     cfg = setup_cfg(args)
+    import torch
+
+    import promptot.datasets as promptot_datasets
+    import trainers
+    from promptot.config import config_hash
+
     names = engine.TRAINER_REGISTRY.registered_names()
     if cfg.TRAINER.NAME not in names:
         from promptot.engine.registry import unknown_name_message
@@ -149,10 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    try:
-        main(build_parser().parse_args())
-    except Exception as e:  # noqa: BLE001 - user errors get one paragraph, bugs keep their traceback
-        if not isinstance(e, user_error_types()):
-            raise
-        print(format_user_error(e), file=sys.stderr)
-        sys.exit(2)
+    from promptot.cli import run_main
+
+    run_main(lambda: main(build_parser().parse_args()))

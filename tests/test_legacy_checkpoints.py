@@ -13,7 +13,7 @@ sys.path.insert(0, str(FIXTURE))
 
 from make_fixture import CASES, build  # noqa: E402
 
-fm = pytest.importorskip("promptot.miniclip.data")
+fm = pytest.importorskip("promptot.datasets.fmnist")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import promptot.miniclip as mc
-from promptot.miniclip import data
+from promptot.datasets import fmnist as data
+from promptot.fileio import sha256_file
 
 needs_fmnist = pytest.mark.skipif(not data.fmnist_available(),
                                   reason=f"Fashion-MNIST missing: {data.APT_HINT}")
@@ -183,7 +184,7 @@ def test_checkpoint_path_falls_back_to_cached_build(monkeypatch, tmp_path):
     def fake_pretrain(seed, epochs, threads, out, recipe):
         calls.append((seed, epochs, threads))
         open(out, "wb").write(b"weights")
-        recipe.write_text(json.dumps({"sha256": pretrain.sha256_file(out)}))
+        recipe.write_text(json.dumps({"sha256": sha256_file(out)}))
 
     monkeypatch.setattr(pretrain, "pretrain", fake_pretrain)
     expected = str(tmp_path / "cache" / "miniclip" / mc.CHECKPOINT_FILE)

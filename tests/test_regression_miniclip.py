@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 
-fm = pytest.importorskip("promptot.miniclip.data")
+fm = pytest.importorskip("promptot.datasets.fmnist")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not fm.fmnist_available(), reason="apt-get install dataset-fashion-mnist"),

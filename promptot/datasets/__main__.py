@@ -51,5 +51,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def cli() -> None:
+    """Console-script entry point (``promptot-datasets``): user errors become one ``ERROR:`` paragraph, exit 2."""
+    from promptot.cli import run_main
+
+    run_main(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

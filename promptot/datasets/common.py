@@ -29,6 +29,7 @@ import warnings
 from collections import OrderedDict, defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from promptot.errors import ConfigError, UserError
 from promptot.engine import DatasetBase, Datum, listdir_nohidden, mkdir_if_missing
 
 # (image path, label, classname); paths are absolute until written to a file.
@@ -45,7 +46,7 @@ def doctor_command(name: Optional[str] = None, root: Optional[str] = None) -> st
     return f"{cmd} {name}" if name else cmd
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset folder, annotation file or image is missing.
 
     ``path`` is the missing path (the first one when several are missing).
@@ -76,7 +77,7 @@ class DatasetNotFoundError(FileNotFoundError):
         return (type(self), (str(self),))
 
 
-class CorruptImageError(OSError):
+class CorruptImageError(UserError, OSError):
     """An image exists but cannot be decoded. ``path`` is the image path."""
 
     def __init__(self, path: str, reason: str = "") -> None:
@@ -95,8 +96,12 @@ class CorruptImageError(OSError):
         return (type(self), (str(self),))
 
 
-class UnsafeSplitPathError(ValueError):
+class UnsafeSplitPathError(UserError, ValueError):
     """A path in a split/cache file resolves outside the dataset folder."""
+
+
+class DatasetLayoutError(UserError, ValueError):
+    """A dataset folder or file exists but is not laid out as the loader expects (the message says how)."""
 
 
 # ----------------------------------------------------------------------------- images
@@ -273,7 +278,7 @@ def subsample_classes(*args, subsample: str = "all"):
     """
     subsample = str(subsample).lower()
     if subsample not in ("all", "base", "new"):
-        raise ValueError(f"DATASET.SUBSAMPLE_CLASSES must be 'all', 'base' or 'new', got {subsample!r}")
+        raise ConfigError(f"DATASET.SUBSAMPLE_CLASSES must be 'all', 'base' or 'new', got {subsample!r}")
     if subsample == "all":
         return args
     labels = sorted({item.label for item in args[0]})

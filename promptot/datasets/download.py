@@ -14,7 +14,6 @@ every file is fetched as ``URL/<filename>``) to use another server.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import os.path as osp
 import shutil
@@ -25,6 +24,9 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from promptot.errors import UserError
+from promptot.fileio import file_digest
+
 from .common import packaged_imagenet_classnames_file
 
 DOWNLOAD_DIR = ".promptot_downloads"
@@ -33,12 +35,12 @@ COOP_DATASETS_PAGE = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 _CMA = "https://raw.githubusercontent.com/linzhiqiu/cross_modal_adaptation/c7e7e68ae4eeadfab98e7886b2d6c9cf48a7ceb5/splits/"
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(UserError, RuntimeError):
     """A downloaded file does not match its known checksum (the file is deleted)."""
 
 
-class DownloadError(RuntimeError):
-    pass
+class DownloadError(UserError, RuntimeError):
+    """A file could not be fetched (the message names the URL and what to do)."""
 
 
 @dataclass
@@ -162,14 +164,6 @@ SOURCES: Dict[str, Source] = {
 
 
 # ----------------------------------------------------------------------------- fetching
-def file_digest(path: str, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_checksum(path: str, sha256: Optional[str] = None, md5: Optional[str] = None) -> Optional[bool]:
     """True/False when a checksum is known, None when unverified."""
     if sha256:
