@@ -78,15 +78,63 @@ def config_hash(cfg: CN) -> str:
 
 
 def check_choice(name: str, value: Any, choices) -> None:
-    """Raise a ValueError naming the config key, the bad value and the allowed ones."""
+    """Raise a :class:`ConfigError` naming the config key, the bad value and the allowed ones."""
     if value not in choices:
         raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-def check_ot_options(node: str, stop: str, domain: str, grad: str) -> None:
-    """Validate the Sinkhorn options a trainer exposes as ``TRAINER.<node>.{STOP, DOMAIN, GRAD}``."""
-    from .ot import DOMAINS, GRADS, STOPS
+# --------------------------------------------------------------------------------------------- shared bases
+class TrainerConfig:
+    """Base of the typed trainer configs: ``key("N_CTX")`` gives the full key name for messages."""
 
-    check_choice(f"TRAINER.{node}.STOP", stop, STOPS)
-    check_choice(f"TRAINER.{node}.DOMAIN", domain, DOMAINS)
-    check_choice(f"TRAINER.{node}.GRAD", grad, GRADS)
+    CFG_NODE = "?"
+
+    def key(self, name: str) -> str:
+        return f"TRAINER.{type(self).CFG_NODE}.{name}"
+
+    def check_positive(self, *names: str, minimum: int = 1) -> None:
+        """Raise a :class:`ConfigError` for the first of ``names`` below ``minimum``."""
+        for n in names:
+            if getattr(self, n) < minimum:
+                raise ConfigError(f"{self.key(n)} must be >= {minimum}, got {getattr(self, n)}")
+
+
+@dataclasses.dataclass
+class PrecisionConfig(TrainerConfig):
+    """``PREC``: fp16 | fp32 | amp (see :mod:`promptot.precision`), validated here for every trainer."""
+
+    PREC: str = "fp16"
+
+    def __post_init__(self) -> None:
+        from .precision import check_precision
+
+        check_precision(self.PREC, self.key("PREC"))
+
+
+@dataclasses.dataclass
+class SinkhornConfig(PrecisionConfig):
+    """Sinkhorn options shared by the OT trainers, and their one conversion to the head's config.
+
+    ``MAX_ITER`` iterations at most; ``STOP`` marginal | reference | fixed; ``DOMAIN`` kernel | log;
+    ``GRAD`` detach | envelope | autodiff (see :func:`promptot.ot.sinkhorn`).
+    """
+
+    MAX_ITER: int = 100
+    STOP: str = "marginal"
+    DOMAIN: str = "kernel"
+    GRAD: str = "detach"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from .ot import DOMAINS, GRADS, STOPS
+
+        check_choice(self.key("STOP"), self.STOP, STOPS)
+        check_choice(self.key("DOMAIN"), self.DOMAIN, DOMAINS)
+        check_choice(self.key("GRAD"), self.GRAD, GRADS)
+        self.check_positive("MAX_ITER")
+
+    def ot_head_config(self, **fields: Any):
+        """:class:`promptot.ot.OTHeadConfig` with these Sinkhorn options plus the method's own ``fields``."""
+        from .ot import OTHeadConfig
+
+        return OTHeadConfig(max_iter=self.MAX_ITER, stop=self.STOP, domain=self.DOMAIN, grad=self.GRAD, **fields)

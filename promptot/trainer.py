@@ -15,22 +15,24 @@ import json
 import os
 import os.path as osp
 import subprocess
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
 from . import __version__
-from .config import check_choice, config_hash
-from .errors import ConfigError
+from .clip import PromptedCLIP
+from .config import config_hash, resolve
 from .engine import (ENGINE, DataManager, DatasetWrapper, TrainerX, build_lr_scheduler, build_optimizer,
                      compute_accuracy, load_checkpoint, save_checkpoint)
+from .engine.utils import CheckpointNotFoundError, checkpoint_dict
+from .errors import ConfigError, UserError
+from .model import PromptModel
+from .precision import Precision
 
-PRECISIONS = ("fp16", "fp32", "amp")
-
-
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint cannot be loaded into the model built for this run."""
 
 
@@ -68,16 +70,39 @@ def git_sha() -> Optional[str]:
         return None
 
 
-class PromptTrainer(TrainerX):
-    """Base class of the prompt trainers (subclass it, then override ``build_model`` and ``forward_backward``)."""
+LossTerms = Dict[str, Union[float, Tensor]]
 
-    #: precision of the run (set by subclasses from their typed config before ``build_clip``)
-    precision: str = "fp32"
+
+class PromptTrainer(TrainerX):
+    """Base class of the prompt trainers.
+
+    A trainer overrides :meth:`build_model` (build the CLIP with :meth:`build_clip`, compose a
+    :class:`~promptot.model.PromptModel` as ``self.model`` and call :meth:`register_learner` for each group of
+    learnable parameters). The base does the rest; its hooks replace overriding the training step:
+
+    * :meth:`training_loss` ``(batch) -> (loss, logged terms)``: cross-entropy on the model's logits by default;
+      methods add terms (KgCoOp, DPT) by overriding it.
+    * :meth:`transform_gradients`: called between backward and the optimizer steps (ProGrad's projection).
+    * several :meth:`register_learner` calls give several parameter groups, each with its own optimizer, LR and
+      schedule (DPT), stepped together in one training loop.
+    """
+
+    #: the method's typed config dataclass (``TRAINER.<NODE>``); :meth:`method_config` resolves it
+    config_class: Optional[type] = None
+    #: False for trainers with nothing to learn (zero-shot CLIP): they run with ``--eval-only`` only
+    trains: bool = True
+    #: folder of the method's yaml configs, relative to the repository root (default ``configs/trainers/<Name>``)
+    config_dir: Optional[str] = None
+
+    @classmethod
+    def configs_dir(cls) -> str:
+        return cls.config_dir or f"configs/trainers/{cls.__name__}"
 
     def __init__(self, cfg) -> None:
         self._eval_cache: Optional[Dict[str, Any]] = None
         self._scaler = None
         self._last_results: Dict[str, float] = {}
+        self.prec: Optional[Precision] = None
         super().__init__(cfg)
         evaluate = self.evaluator.evaluate
 
@@ -105,9 +130,33 @@ class PromptTrainer(TrainerX):
         return list(self.dm.dataset.classnames)
 
     # ------------------------------------------------------------------ model
-    def build_clip(self, precision: str):
-        """Load the frozen CLIP named by ``MODEL.BACKBONE.NAME``/``PATH`` and wrap it in a ``PromptedCLIP``."""
-        from .clip import PromptedCLIP, load_clip
+    def build_model(self) -> None:
+        """Resolve the method's config (``self.method_cfg``), load the CLIP in its precision, :meth:`compose` the
+        model and :meth:`register_learners`. Most trainers only implement :meth:`compose`."""
+        self.method_cfg = c = self.method_config()
+        clip = self.build_typed_clip(c)
+        self.model = self.compose(clip, c).to(self.device)
+        self.register_learners(c)
+
+    def compose(self, clip: PromptedCLIP, c) -> PromptModel:
+        """Build the method's :class:`~promptot.model.PromptModel` from the frozen CLIP and the typed config."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compose(clip, config) or build_model()")
+
+    def register_learners(self, c) -> None:
+        """Register the learnable parameter groups (default: ``self.model.prompt_learner`` as ``prompt_learner``)."""
+        self.register_learner("prompt_learner", self.model.prompt_learner)
+
+    def method_config(self):
+        """The typed, validated config of this method (``resolve(cfg, config_class)``)."""
+        if self.config_class is None:
+            raise TypeError(f"{type(self).__name__} must set config_class to its registered config dataclass")
+        return resolve(self.cfg, self.config_class)
+
+    def build_clip(self, precision: str, key: str = "PREC") -> PromptedCLIP:
+        """Load the frozen CLIP named by ``MODEL.BACKBONE.NAME``/``PATH`` in the run's precision and wrap it in a
+        :class:`PromptedCLIP`. Sets ``self.prec`` (the :class:`~promptot.precision.Precision` every trainer reads);
+        ``key`` names the precision config key in error messages (e.g. ``TRAINER.COOP.PREC``)."""
+        from .clip import load_clip
 
         try:  # the project's own mini CLIP is selectable by name (MODEL.BACKBONE.NAME miniclip-fmnist)
             from .miniclip import register as register_miniclip
@@ -116,13 +165,13 @@ class PromptTrainer(TrainerX):
         except ImportError:
             pass
 
-        check_choice("PREC", precision, PRECISIONS)
-        self.precision = precision
+        self.prec = Precision.from_config(precision, self.device, key)
+        self._scaler = self.prec.grad_scaler()
         cfg = self.cfg
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME or '-'}"
-              f"{', path: ' + cfg.MODEL.BACKBONE.PATH if cfg.MODEL.BACKBONE.PATH else ''})")
+              f"{', path: ' + cfg.MODEL.BACKBONE.PATH if cfg.MODEL.BACKBONE.PATH else ''}, precision: {precision})")
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, path=cfg.MODEL.BACKBONE.PATH,
-                               precision="fp16" if precision == "fp16" else "fp32", device=self.device)
+                               precision=self.prec.load_precision, device=self.device)
         for p in clip_model.parameters():
             p.requires_grad_(False)
         pclip = PromptedCLIP(clip_model)
@@ -134,80 +183,127 @@ class PromptTrainer(TrainerX):
             )
         return pclip
 
-    def register_learner(self, name: str, module: nn.Module, params: Optional[Iterable] = None) -> None:
-        """Build optimizer + scheduler over ``params`` (default: the module's trainable parameters)
-        and register ``module`` under ``name`` (also its checkpoint sub-folder)."""
+    def build_typed_clip(self, config) -> PromptedCLIP:
+        """:meth:`build_clip` with the precision of a :class:`~promptot.config.PrecisionConfig`."""
+        return self.build_clip(config.PREC, config.key("PREC"))
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """dtype of new learnable parameters (``self.prec.param_dtype``; fp32 before :meth:`build_clip`)."""
+        return self.prec.param_dtype if self.prec is not None else torch.float32
+
+    def optim_config(self, **overrides: Any):
+        """A copy of ``cfg.OPTIM`` with ``overrides`` (e.g. ``LR=0.01, WARMUP_EPOCH=10``) for a learner that
+        needs its own optimizer settings; unknown keys raise a :class:`ConfigError`."""
+        optim_cfg = self.cfg.OPTIM.clone()
+        optim_cfg.defrost()
+        for k, v in overrides.items():
+            if k not in optim_cfg:
+                raise ConfigError(f"OPTIM has no key {k!r} (keys: {', '.join(sorted(optim_cfg))})")
+            optim_cfg[k] = v
+        optim_cfg.freeze()
+        return optim_cfg
+
+    def register_learner(self, name: str, module: nn.Module, params: Optional[Iterable] = None,
+                         optim_cfg=None) -> None:
+        """Build an optimizer + LR schedule over ``params`` (default: ``module``'s trainable parameters) from
+        ``optim_cfg`` (default ``cfg.OPTIM``; see :meth:`optim_config`) and register ``module`` under ``name``,
+        which is also its checkpoint sub-folder. Call it once per parameter group."""
         trainable = [p for p in (params if params is not None else module.parameters()) if p.requires_grad]
         if not trainable:
             raise ValueError(f"{type(self).__name__}: module {name!r} has no trainable parameters")
-        optim = build_optimizer(trainable, self.cfg.OPTIM)
-        sched = build_lr_scheduler(optim, self.cfg.OPTIM)
+        taken = {id(p) for n in self.get_model_names() if self._optims[n] is not None
+                 for g in self._optims[n].param_groups for p in g["params"]}
+        if any(id(p) in taken for p in trainable):
+            raise ValueError(f"{type(self).__name__}: learner {name!r} shares parameters with a learner registered "
+                             "before it; each parameter must belong to one learner")
+        optim_cfg = self.cfg.OPTIM if optim_cfg is None else optim_cfg
+        optim = build_optimizer(trainable, optim_cfg)
+        sched = build_lr_scheduler(optim, optim_cfg)
         self.register_model(name, module, optim, sched)
-        if self.precision == "amp" and self.device.type == "cuda":
-            self._scaler = torch.amp.GradScaler("cuda")
         n = sum(p.numel() for p in trainable)
-        print(f"Learnable parameters ({name}): {n:,}")
+        lr = f", lr {optim_cfg.LR:g}" if optim_cfg is not self.cfg.OPTIM else ""
+        print(f"Learnable parameters ({name}): {n:,}{lr}")
 
     def autocast(self):
-        """Mixed precision context for ``PREC amp`` (fp16 on CUDA, bf16 on CPU); a no-op otherwise."""
-        if self.precision != "amp":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        """The forward-pass context of the run's precision (autocast under ``amp``)."""
+        return self.prec.autocast() if self.prec is not None else contextlib.nullcontext()
 
-    def optimize(self, loss: torch.Tensor, names=None) -> None:
-        """Backward + step (through the grad scaler under amp), then the per-epoch LR step on the last batch."""
-        if self._scaler is not None:
-            self.model_zero_grad(names)
-            self.detect_anomaly(loss)
-            self._scaler.scale(loss).backward()
-            for name in self.get_model_names(names):
-                if self._optims[name] is not None:
-                    self._scaler.step(self._optims[name])
-            self._scaler.update()
-        else:
-            self.model_backward_and_update(loss, names)
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-
+    # ------------------------------------------------------------------ training step
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
 
-    # ------------------------------------------------------------------ default step and inference
-    def training_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, C]`` for a training batch (default: ``self.model(image)``)."""
-        return self.model(image)
+    def training_loss(self, batch) -> Tuple[Tensor, LossTerms]:
+        """``(loss, logged terms)`` for one batch (run under the precision's autocast).
+
+        Default: cross-entropy on the model's logits; logs ``loss``, ``acc`` and the model's diagnostics.
+        Override to add terms; log each term under its own name.
+        """
+        image, label = self.parse_batch_train(batch)
+        out = self.model.run(image)
+        loss = F.cross_entropy(out.logits.float(), label)
+        terms: LossTerms = {"loss": loss, "acc": compute_accuracy(out.logits, label)[0]}
+        terms.update(out.diagnostics)
+        return loss, terms
 
     def forward_backward(self, batch) -> Dict[str, float]:
-        """Cross-entropy on :meth:`training_logits`; logs ``loss`` and ``acc``."""
-        image, label = self.parse_batch_train(batch)
+        """:meth:`training_loss`, then backward, :meth:`transform_gradients` and the optimizer steps."""
         with self.autocast():
-            output = self.training_logits(image)
-            loss = F.cross_entropy(output.float(), label)
+            loss, terms = self.training_loss(batch)
         self.optimize(loss)
-        summary = {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
-        summary.update(self.step_diagnostics())
-        return summary
+        return {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in terms.items()}
 
-    def step_diagnostics(self) -> Dict[str, float]:
-        """Extra per-step values for the training line and TensorBoard. With an OT head (``self.model.head``):
-        ``plan_ent``, the normalised entropy of the prompt-level plans (1 = uniform: the OT has no effect)."""
-        head = getattr(getattr(self, "model", None), "head", None)
-        diag = getattr(head, "last_diagnostics", None)
-        if not diag or "plan_entropy" not in diag:
-            return {}
-        return {"plan_ent": float(diag["plan_entropy"])}
+    def transform_gradients(self) -> None:
+        """Hook between backward and the optimizer steps: the learnable parameters hold their gradients in
+        ``.grad`` (unscaled, also under amp); modify them in place (e.g. ProGrad's projection). Default: nothing."""
 
+    def _transforms_gradients(self) -> bool:
+        return type(self).transform_gradients is not PromptTrainer.transform_gradients
+
+    def optimize(self, loss: Tensor, names=None) -> None:
+        """Zero the gradients, backward (through the grad scaler under amp), :meth:`transform_gradients`, step every
+        registered optimizer, then the per-epoch LR step on the last batch of the epoch."""
+        names = self.get_model_names(names)
+        optims = [self._optims[n] for n in names if self._optims[n] is not None]
+        self.model_zero_grad(names)
+        if self._scaler is not None:
+            self.detect_anomaly(loss)
+            self._scaler.scale(loss).backward()
+            if self._transforms_gradients():
+                for o in optims:
+                    self._scaler.unscale_(o)
+            self.transform_gradients()
+            for o in optims:
+                self._scaler.step(o)
+            self._scaler.update()
+        else:
+            self.model_backward(loss)
+            self.transform_gradients()
+            self.model_update(names)
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+
+    def learnable_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        """``(qualified name, parameter)`` of every parameter an optimizer steps, in registration order."""
+        out = []
+        for name in self.get_model_names():
+            if self._optims[name] is None:
+                continue
+            ids = {id(p) for g in self._optims[name].param_groups for p in g["params"]}
+            out += [(f"{name}.{k}", p) for k, p in self._models[name].named_parameters() if id(p) in ids]
+        return out
+
+    # ------------------------------------------------------------------ inference
     def static_text(self) -> Any:
-        """The text side when it does not depend on the image (e.g. ``self.model.text_features()``), or None.
-        At test time it is computed once per evaluation and passed as ``self.model(image, text)``."""
-        return None
+        """The text side when it does not depend on the image (``model.text_is_static``), else None. At test
+        time it is computed once per evaluation and passed back as ``self.model.run(image, text)``."""
+        return self.model.text_side() if getattr(self.model, "text_is_static", False) else None
 
-    def model_inference(self, image: torch.Tensor) -> torch.Tensor:
+    def model_inference(self, image: Tensor) -> Tensor:
         text = self.eval_cached("text", self.static_text)
         with self.autocast():
-            out = self.model(image) if text is None else self.model(image, text)
-        return out.float()
+            out = self.model.run(image, text)
+        return out.logits.float()
 
     # ------------------------------------------------------------------ eval caches
     def eval_cached(self, key: str, fn: Callable[[], Any]) -> Any:
@@ -275,31 +371,39 @@ class PromptTrainer(TrainerX):
             "promptot_version": __version__,
         }
 
-    def save_model(self, epoch: int, directory: str, is_best: bool = False, val_result=None, model_name: str = "") -> None:
+    def save_model(self, epoch: int, directory: str, is_best: bool = False, val_result=None,
+                   model_name: str = "") -> None:
+        """Dassl's layout (``<directory>/<learner>/model.pth.tar-<epoch>``), holding only each learner's state
+        (its parameters; no frozen CLIP weights) plus ``meta`` (method, backbone, class names, config hash)."""
+        meta = self.checkpoint_meta()
         for name in self.get_model_names():
-            optim, sched = self._optims[name], self._scheds[name]
-            save_checkpoint(
-                {
-                    "state_dict": self._models[name].state_dict(),
-                    "epoch": epoch + 1,
-                    "optimizer": optim.state_dict() if optim is not None else None,
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "val_result": val_result,
-                    "meta": self.checkpoint_meta(),
-                },
-                osp.join(directory, name),
-                is_best=is_best,
-                model_name=model_name,
-            )
+            save_checkpoint(checkpoint_dict(self._models[name], self._optims[name], self._scheds[name], epoch + 1,
+                                            val_result, meta=meta),
+                            osp.join(directory, name), is_best=is_best, model_name=model_name)
 
-    #: state-dict keys dropped when loading (class-dependent buffers that reference checkpoints stored)
+    #: state-dict key suffixes never loaded (class-dependent buffers that reference checkpoints stored)
     transient_keys = ("token_prefix", "token_suffix")
 
+    def convert_checkpoint_state(self, name: str, state: Dict[str, Tensor], meta: Dict[str, Any]) -> Dict[str, Tensor]:
+        """Hook: map a loaded state dict to this model's key names (e.g. an official repository's names). Default:
+        unchanged."""
+        return state
+
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        """Load learned prompts for eval-only runs; checks shapes and says why a load cannot work."""
+        """Load learned prompts for eval-only runs; checks shapes and says why a load cannot work.
+
+        Keys a learner lists in ``class_specific_keys`` (key prefixes of parameters that depend on the class set
+        but are not needed at inference, e.g. DPT's auxiliary classifier) are dropped when the checkpoint was
+        trained on other classes, so prompts transfer to another class set (base-to-new, cross-dataset).
+        """
         if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
+            print("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on "
+                  "purpose)")
             return
+        if not osp.isdir(directory):
+            raise CheckpointNotFoundError(f"--model-dir {directory} does not exist: it must be the OUTPUT_DIR of a "
+                                          "finished training run (it holds a folder per learner, e.g. "
+                                          f"'{self.get_model_names()[0]}/').")
         model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
         for name in self.get_model_names():
             sub = osp.join(directory, name)
@@ -310,14 +414,20 @@ class PromptTrainer(TrainerX):
                         f" {sub} does not exist: --model-dir must be the OUTPUT_DIR of the training run "
                         f"(it holds a '{name}/' folder).")
                 if epoch is None and have:
-                    hint += " (Without --load-epoch the best-val model is loaded, which exists only with TEST.FINAL_MODEL best_val.)"
-                raise FileNotFoundError(f"No model at {path}.{hint}")
+                    hint += (" (Without --load-epoch the best-val model is loaded, which exists only with "
+                             "TEST.FINAL_MODEL best_val.)")
+                raise CheckpointNotFoundError(f"No model at {path}.{hint}")
             checkpoint = load_checkpoint(path)
-            state = {k: v for k, v in checkpoint["state_dict"].items()
-                     if not any(k.endswith(t) for t in self.transient_keys)}
+            meta = checkpoint.get("meta") or {}
+            state = self.convert_checkpoint_state(name, dict(checkpoint["state_dict"]), meta)
+            state = {k: v for k, v in state.items() if not any(k.endswith(t) for t in self.transient_keys)}
             model = self._models[name]
             own = model.state_dict()
-            meta = checkpoint.get("meta") or {}
+            other_classes = bool(meta.get("classnames")) and meta["classnames"] != self.classnames
+            droppable = tuple(getattr(model, "class_specific_keys", ()))
+            dropped = [k for k in list(state) if droppable and k.startswith(droppable) and other_classes]
+            for k in dropped:
+                del state[k]
             mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                           for k, v in state.items() if k in own and own[k].shape != v.shape]
             if mismatched:
@@ -328,7 +438,8 @@ class PromptTrainer(TrainerX):
                     "class-specific parameters (e.g. CSC contexts) cannot transfer to another class set. "
                     "Evaluate on the same classes, or train with generic (shared) prompts."
                 )
-            missing = [k for k in own if k not in state and not any(k.endswith(t) for t in self.transient_keys)]
+            missing = [k for k in own if k not in state and not any(k.endswith(t) for t in self.transient_keys)
+                       and not (dropped and k.startswith(droppable))]
             if missing:
                 raise CheckpointMismatchError(
                     f"{path} lacks parameters this model needs ({', '.join(missing[:5])}); it was written by "
@@ -336,11 +447,13 @@ class PromptTrainer(TrainerX):
                 )
             if meta.get("method") and meta["method"] != self.cfg.TRAINER.NAME:
                 print(f"Note: checkpoint was trained with {meta['method']}, loading into {self.cfg.TRAINER.NAME}")
-            if meta.get("classnames") and meta["classnames"] != self.classnames:
+            if other_classes:
+                skipped = f"; class-specific parameters not loaded: {', '.join(sorted(dropped))}" if dropped else ""
                 print(f"Note: prompts learned on {len(meta['classnames'])} classes are evaluated on "
-                      f"{self.num_classes} other/relabelled classes")
+                      f"{self.num_classes} other/relabelled classes{skipped}")
             vr = checkpoint.get("val_result")
-            print(f"Load {path} to {name} (epoch={checkpoint['epoch']}, val_result={'None' if vr is None else f'{vr:.1f}'})")
+            print(f"Load {path} to {name} (epoch={checkpoint['epoch']}, "
+                  f"val_result={'None' if vr is None else f'{vr:.1f}'})")
             model.load_state_dict(state, strict=False)
             self.loaded_epoch = int(checkpoint["epoch"])
         self.loaded_from = directory
@@ -364,6 +477,10 @@ class PromptTrainer(TrainerX):
         if n_skipped:
             print(f"Skipped {n_skipped} unreadable image(s) so far (DATASET.SKIP_CORRUPT True; counted in the main "
                   "process only when DATALOADER.NUM_WORKERS > 0)")
+        names = [n for n in self.get_model_names() if self._optims[n] is not None]
+        if len(names) > 1:  # several parameter groups: TensorBoard gets each one's LR
+            for n in names:
+                self.write_scalar(f"train/lr_{n}", self._optims[n].param_groups[0]["lr"], self.epoch)
         super().after_epoch()
 
 

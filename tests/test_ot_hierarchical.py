@@ -162,7 +162,9 @@ def test_half_inputs_give_fp32_logits_and_diagnostics() -> None:
     assert out16.dtype == torch.float32
     out32 = head(ig.half().float(), tg.half().float(), 100.0, it.half().float(), None, tt.half().float(), tm)
     torch.testing.assert_close(out16, out32)
-    d = head.last_diagnostics
+    logged, d = head(ig.half(), tg.half(), 100.0, it.half(), None, tt.half(), tm, log=True)
+    torch.testing.assert_close(logged, out16, rtol=0, atol=0)
+    assert not hasattr(head, "last_diagnostics"), "diagnostics are returned, not kept as module state"
     for k in ("plan_entropy", "plan_max_min_ratio", "prompt_iters", "token_iters_mean", "token_iters_max"):
         assert k in d and torch.isfinite(d[k])
     assert 0.0 < float(d["plan_entropy"]) <= 1.0 + 1e-6

@@ -1,4 +1,4 @@
-"""Config tree of the built-in engine: Dassl's defaults (dassl_api.md §4), as yacs nodes.
+"""Config tree of the built-in engine: Dassl's defaults (docs/dassl.md#config), as yacs nodes.
 
 Only keys that a trainer, a config file, a log parser or a checkpoint reader can
 see are declared; yacs rejects unknown keys on merge, exactly as with Dassl.

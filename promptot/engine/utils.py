@@ -1,6 +1,6 @@
 """Utilities of the built-in engine: seeding, logging tee, meters, files, checkpoints.
 
-Behaviour follows Dassl (dassl_api.md §3, §7): same log.txt rule, same checkpoint
+Behaviour follows Dassl (docs/dassl.md#checkpoints, #logging): same log.txt rule, same checkpoint
 layout and keys, same meter string format, so logs and checkpoints are
 interchangeable between the two engines.
 """
@@ -20,6 +20,16 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
+
+from promptot.errors import UserError
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """A checkpoint file or folder that a run needs does not exist (the message says where to look)."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint file exists but cannot be read (truncated, corrupt, or not a checkpoint)."""
 
 
 # ----------------------------------------------------------------------------- files
@@ -227,22 +237,36 @@ def save_checkpoint(
     return fpath
 
 
+def checkpoint_dict(model: torch.nn.Module, optimizer=None, scheduler=None, epoch: int = 0, val_result=None,
+                    **extra: Any) -> Dict[str, Any]:
+    """The dict Dassl saves for one registered model (``state_dict``, ``epoch`` = epochs done, ``optimizer``,
+    ``scheduler``, ``val_result``) plus ``extra`` entries (promptot adds ``meta``)."""
+    return {
+        "state_dict": model.state_dict(),
+        "epoch": epoch,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "val_result": val_result,
+        **extra,
+    }
+
+
 def load_checkpoint(fpath: str) -> Dict[str, Any]:
     """Load a checkpoint file on CPU (or GPU when available).
 
     Checkpoints are the user's own training outputs, so full unpickling is
     allowed; torch >= 2.6 defaults to ``weights_only=True``, which cannot read
-    Dassl-era files that pickle scheduler objects (dassl_api.md §9.2).
+    Dassl-era files that pickle scheduler objects (docs/dassl.md#shims, 2).
     """
     if fpath is None:
         raise ValueError("File path is None")
     if not osp.exists(fpath):
-        raise FileNotFoundError(f'File is not found at "{fpath}"')
+        raise CheckpointNotFoundError(f'Checkpoint file not found: "{fpath}"')
     map_location = None if torch.cuda.is_available() else "cpu"
     try:
         return torch.load(fpath, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - re-raised with the path
-        raise RuntimeError(
+        raise CheckpointError(
             f'Unable to load checkpoint "{fpath}": {e}. The file may be truncated or corrupt; '
             "delete it (and fix the 'checkpoint' pointer file next to it) to resume from an earlier epoch."
         ) from e
@@ -294,7 +318,7 @@ def load_pretrained_weights(model: torch.nn.Module, weight_path: str) -> None:
 
 
 def load_registered_models(trainer, directory: str, epoch: Optional[int] = None) -> None:
-    """Dassl's ``TrainerBase.load_model`` without its crash on ``val_result=None`` (dassl_api.md §9.3):
+    """Dassl's ``TrainerBase.load_model`` without its crash on ``val_result=None`` (docs/dassl.md#shims, 3):
     load ``<directory>/<name>/model.pth.tar-<epoch>`` (or ``model-best.pth.tar``) into every registered model."""
     if not directory:
         print("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
@@ -303,7 +327,7 @@ def load_registered_models(trainer, directory: str, epoch: Optional[int] = None)
     for name in trainer.get_model_names():
         model_path = osp.join(directory, name, model_file)
         if not osp.exists(model_path):
-            raise FileNotFoundError(f"No model at {model_path}")
+            raise CheckpointNotFoundError(f"No model at {model_path}")
         checkpoint = load_checkpoint(model_path)
         vr = checkpoint.get("val_result")
         vr_s = "None" if vr is None else f"{vr:.1f}"

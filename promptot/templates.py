@@ -1,0 +1,62 @@
+"""Hand-crafted prompt templates per dataset, as tables keyed by ``DATASET.NAME``.
+
+Several reference repositories use different tables for the same datasets (CoOp's zero-shot CLIP, KgCoOp's
+knowledge-guided term, ProGrad's teacher), so each table is named after its source and trainers pick one with a
+config key. A dataset class may also define ``prompt_template`` (e.g. the Fashion-MNIST datasets), which wins.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional
+
+__all__ = ["TEMPLATE_TABLES", "COOP_TEMPLATES", "IMAGENET_TEMPLATES_SELECT", "dataset_template"]
+
+#: CoOp's ``CUSTOM_TEMPLATES`` (zero-shot CLIP, ``trainers/zsclip.py``).
+COOP_TEMPLATES: Dict[str, str] = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+}
+
+#: The ImageNet templates CoOp's ``ZeroshotCLIP2`` ensembles (a selected subset of CLIP's 80).
+IMAGENET_TEMPLATES_SELECT: List[str] = [
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+]
+
+#: name -> table, selectable from configs.
+TEMPLATE_TABLES: Dict[str, Mapping[str, str]] = {"coop": COOP_TEMPLATES}
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+def dataset_template(dataset_name: str, dataset: Optional[object] = None, table: str = "coop",
+                     override: str = "") -> str:
+    """The template for a dataset: ``override`` if given, else the dataset object's ``prompt_template``, else
+    ``TEMPLATE_TABLES[table][dataset_name]``, else ``"a photo of a {}."``."""
+    if override:
+        return override
+    own = getattr(dataset, "prompt_template", None)
+    if own:
+        return own
+    if table not in TEMPLATE_TABLES:
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown template table {table!r}; known: {sorted(TEMPLATE_TABLES)}")
+    return TEMPLATE_TABLES[table].get(dataset_name, DEFAULT_TEMPLATE)
