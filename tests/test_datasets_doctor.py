@@ -100,8 +100,19 @@ def test_missing_split_file_and_unverified_counts(tmp_path, capsys):
 
 
 def test_unknown_name(tmp_path, capsys):
-    rc, out = run(["check", "--root", str(tmp_path), "Nope"], capsys)
-    assert rc == 2 and "Unknown dataset" in out
+    rc = main(["check", "--root", str(tmp_path), "Nope"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("ERROR: Unknown dataset 'Nope'.")
+    assert "DescribableTextures (dtd)" in err  # the accepted names are listed
+
+
+def test_config_stems_and_any_case_are_checked(tmp_path, capsys, small_expected):
+    dtd_tree(str(tmp_path))
+    for name in ("dtd", "DTD", "describabletextures"):
+        rc, out = run(["check", "--root", str(tmp_path), name], capsys)
+        assert rc == 0 and "[OK] DescribableTextures" in out, (name, out)
+    rc, out = run(["check", "--root", str(tmp_path), "eurosat", "fashion_mnist_shift"], capsys)
+    assert rc == 1 and "[MISSING] EuroSAT" in out and "[MISSING] FashionMNISTShift" in out
 
 
 def test_module_entry_point(tmp_path):

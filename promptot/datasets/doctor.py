@@ -144,15 +144,15 @@ def run_check(root: str, names: Sequence[str] = (), sample: Optional[int] = None
 
     Named datasets that are missing count as problems; with no names, absent
     datasets are listed but do not fail the check (a user rarely has all 15).
+    Names may be class names, config stems or folder names in any case; an
+    unknown one raises :class:`~promptot.datasets.names.UnknownDatasetError`
+    before anything is checked.
     """
     from . import BUILTIN_CLASSES, BUILTIN_DATASETS
+    from .names import resolve_names
 
     explicit = bool(names)
-    names = list(names) or list(BUILTIN_DATASETS)
-    unknown = [n for n in names if n not in BUILTIN_CLASSES]
-    if unknown:
-        out(f"Unknown dataset(s): {', '.join(unknown)}. Known: {', '.join(BUILTIN_CLASSES)}")
-        return 2
+    names = resolve_names(names) if explicit else list(BUILTIN_DATASETS)
     n_bad = 0
     n_found = 0
     for name in names:
