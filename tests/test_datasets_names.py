@@ -240,3 +240,15 @@ def test_git_blob_checksum_and_failure_hint(tmp_path, monkeypatch):
         assert "HTTP 404" in str(exc.value) and "reported offline" in str(exc.value)
     finally:
         srv.close()
+
+
+def test_readme_source_file_example_loads(tmp_path):
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    datasets_section = readme.split("## Datasets", 1)[1].split("\n## ", 1)[0]
+    example = re.search(r"```json\n(.*?)```", datasets_section, re.S).group(1)
+    (tmp_path / "example.json").write_text(example)
+    table = dl.load_source_file(str(tmp_path / "example.json"))
+    assert [r.filename for r in table["SUN397"].resources] == ["SUN397.tar.gz", "split_zhou_SUN397.json"]
+    assert all(r.checksummed for r in table["SUN397"].resources)

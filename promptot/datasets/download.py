@@ -2,8 +2,9 @@
 
 Standard library only (urllib). Downloads go to ``DATA/.promptot_downloads/``
 as ``<file>.part`` and are resumed with an HTTP Range request; a finished file
-is checked against its sha256/md5 when one is known (otherwise reported as
-"unverified") and kept, so a rerun skips it. Archives are extracted into a
+is checked against its sha256, md5 or git blob id when one is known (otherwise
+reported as "unverified") and kept, so a rerun skips it; a file put into that
+folder by hand is verified and used the same way. Archives are extracted into a
 staging folder (members escaping it are refused) and the listed members are
 moved into place under DATA. What cannot be fetched (account-only ImageNet,
 Google-Drive-only files) is printed as manual instructions.
@@ -443,7 +444,8 @@ def _parse_resource(raw: object, where: str) -> Resource:
                           "moves.")
     unknown = sorted(set(raw) - _RESOURCE_KEYS)
     if unknown:
-        raise SourceError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_RESOURCE_KEYS))}.")
+        raise SourceError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(_RESOURCE_KEYS))}.")
     url, filename = raw.get("url"), raw.get("filename")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise SourceError(f"{where}: 'url' must be an http:// or https:// URL, got {url!r}.")
