@@ -35,9 +35,9 @@ def all_user_errors() -> set:
     return {c.__name__ for c in seen} | {"UserError"}
 
 
-def one_paragraph(code: int, err: str) -> str:
+def one_paragraph(code: int, err: str, expected_code: int = 2) -> str:
     """The run ends with one ``ERROR:`` paragraph (a progress bar may precede it on stderr) and no traceback."""
-    assert code == 2, err
+    assert code == expected_code, err
     assert "ERROR: " in err and "Traceback" not in err, err
     tail = err[err.index("ERROR: "):]
     assert "\n\n" not in tail.strip(), err
@@ -161,6 +161,14 @@ def t_checksum(toy_root, tmp_path, clip):
     return datasets_cli("download", "OxfordPets", "--root", str(tmp_path / "d"), "--mirror", mirror.as_uri())
 
 
+def t_source(toy_root, tmp_path, clip):
+    return datasets_cli("download", "EuroSAT", "--root", str(tmp_path / "d"), "--source", "no_such_source")
+
+
+def t_unknown_dataset(toy_root, tmp_path, clip):
+    return datasets_cli("check", "--root", str(tmp_path / "d"), "eurosatt")
+
+
 # exception name -> (trigger, a phrase the message must contain)
 TRIGGERS = {
     "UserError": (t_user_error, "NoSuchTrainer"),
@@ -175,8 +183,11 @@ TRIGGERS = {
     "CheckpointNotFoundError": (t_checkpoint_missing, "no_run"),
     "CheckpointError": (t_checkpoint_corrupt, "truncated or corrupt"),
     "CheckpointMismatchError": (t_checkpoint_mismatch, "class-specific"),
-    "DownloadError": (t_download, "Cannot download"),
-    "ChecksumError": (t_checksum, "Checksum mismatch"),
+    # `download` goes on with the other datasets after a failed one, then exits 1 (names it could not install)
+    "DownloadError": (t_download, "Cannot download", 1),
+    "ChecksumError": (t_checksum, "Checksum mismatch", 1),
+    "SourceError": (t_source, "no_such_source"),
+    "UnknownDatasetError": (t_unknown_dataset, "eurosatt"),
 }
 
 
@@ -187,9 +198,9 @@ def test_every_user_error_has_a_trigger():
 
 @pytest.mark.parametrize("name", sorted(TRIGGERS))
 def test_user_error_is_one_paragraph_exit_2(name, toy_root, tmp_path, tiny_vit_path):
-    trigger, phrase = TRIGGERS[name]
+    trigger, phrase, *expected_code = TRIGGERS[name]
     code, err = trigger(toy_root, tmp_path, tiny_vit_path)
-    one_paragraph(code, err)
+    one_paragraph(code, err, *expected_code)
     assert phrase in " ".join(err.split()), err
 
 

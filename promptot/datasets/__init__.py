@@ -6,6 +6,8 @@ Public helpers the engine / train.py use:
 * :class:`DatasetNotFoundError` (a ``FileNotFoundError``), :class:`CorruptImageError`
   (an ``OSError``), :class:`UnsafeSplitPathError` (a ``ValueError``)
 * :func:`subsample_classes`, :func:`doctor_command`
+* :func:`resolve_name` (class name, config-file stem or folder name, any case -> class
+  name; :class:`UnknownDatasetError` otherwise) and :data:`CONFIG_STEMS`
 
 CLI: ``python -m promptot.datasets check|download|list``.
 """
@@ -28,6 +30,7 @@ from .oxford_pets import OxfordPets
 from .stanford_cars import StanfordCars
 from .sun397 import SUN397
 from .ucf101 import UCF101
+from .names import CONFIG_STEMS, UnknownDatasetError, resolve_name
 
 # The 11 few-shot / base-to-new datasets, then the 4 ImageNet variants (config stems in configs/datasets/).
 FEWSHOT_DATASETS = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101",
@@ -39,6 +42,7 @@ BUILTIN_CLASSES = {cls.__name__: cls for cls in (
     DescribableTextures, EuroSAT, UCF101, ImageNetV2, ImageNetSketch, ImageNetA, ImageNetR, ImageFolder,
     FashionMNIST, FashionMNISTShift)}
 
-__all__ = ["BUILTIN_CLASSES", "BUILTIN_DATASETS", "CoOpDataset", "CorruptImageError", "DG_DATASETS",
-           "DatasetNotFoundError", "FEWSHOT_DATASETS", "UnsafeSplitPathError", "doctor_command", "read_image",
-           "skipped_images", "subsample_classes"] + list(BUILTIN_CLASSES)
+__all__ = ["BUILTIN_CLASSES", "BUILTIN_DATASETS", "CONFIG_STEMS", "CoOpDataset", "CorruptImageError",
+           "DG_DATASETS", "DatasetNotFoundError", "FEWSHOT_DATASETS", "UnknownDatasetError", "UnsafeSplitPathError",
+           "doctor_command", "read_image", "resolve_name", "skipped_images",
+           "subsample_classes"] + list(BUILTIN_CLASSES)

@@ -373,7 +373,9 @@ class CoOpDataset(DatasetBase):
     image_dir = ""              # image folder, relative to dataset_dir
     split_file: Optional[str] = None   # e.g. "split_zhou_OxfordPets.json", under dataset_dir
     split_relative_to = "image"        # split paths relative to the "image" dir or the "dataset" dir
-    required: Tuple[str, ...] = ()     # paths (under dataset_dir) needed to build the split from scratch
+    required: Tuple[str, ...] = ()     # paths (under dataset_dir) read to regenerate the split (or, without
+                                       # a split file, to read the dataset at all)
+    required_with_split: Tuple[str, ...] = ()  # paths needed when the split file is present (the image folders)
     expected_counts: Optional[Dict[str, int]] = None  # {"train", "val", "test", "classes"}
     counts_verified = False
     fewshot_val = True          # few-shot val = draw(val, min(K, 4)); ImageNet: val is the test set
@@ -414,6 +416,18 @@ class CoOpDataset(DatasetBase):
         if not osp.exists(path):
             raise DatasetNotFoundError(path, what, self.name, self.root, self.download_hint)
 
+    @classmethod
+    def needed_paths(cls, split_present: bool) -> Tuple[str, ...]:
+        """Paths under the dataset folder that a run reads.
+
+        With the split file present only the image folders are needed; the
+        annotation files in :attr:`required` are read only to regenerate a
+        missing split (and always by datasets without a split file).
+        """
+        if cls.split_file and split_present:
+            return cls.required_with_split
+        return cls.required
+
     def _split_prefix(self) -> str:
         return self.image_dir if self.split_relative_to == "image" else self.dataset_dir
 
@@ -422,8 +436,10 @@ class CoOpDataset(DatasetBase):
         if self.split_path is None:
             return self.read_items()
         if osp.exists(self.split_path):
+            for rel in self.needed_paths(split_present=True):
+                self.check_exists(osp.join(self.dataset_dir, rel), "Image folder not found")
             return read_split_items(self.split_path, self._split_prefix(), self.dataset_dir)
-        for rel in self.required:
+        for rel in self.needed_paths(split_present=False):
             self.check_exists(osp.join(self.dataset_dir, rel),
                               f"{self.split_file} is missing and so is a file needed to regenerate it")
         train, val, test = self.generate_split()
