@@ -97,6 +97,14 @@ def setup_cfg(args):
         cfg.merge_from_list(args.opts)
     except (KeyError, ValueError, AssertionError) as e:
         raise UserError(f"Bad KEY VALUE option: {e}") from e
+    if cfg.DATASET.NAME and cfg.DATASET.NAME not in engine.DATASET_REGISTRY.registered_names():
+        # a config stem or any-case spelling of a built-in dataset ("eurosat", "fashion_mnist_shift") is accepted
+        from promptot.datasets.names import UnknownDatasetError, resolve_name
+
+        try:
+            cfg.DATASET.NAME = resolve_name(cfg.DATASET.NAME)
+        except UnknownDatasetError:
+            pass  # main() lists the registered names, user modules included
     cfg.freeze()
     return cfg
 

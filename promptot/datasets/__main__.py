@@ -49,7 +49,7 @@ def _download(args: argparse.Namespace) -> int:
 def _list() -> int:
     from promptot.engine import DATASET_REGISTRY
 
-    from . import BUILTIN_CLASSES
+    from .builtin import BUILTIN_CLASSES
     from .download import SOURCES
     from .names import stem_of
 

@@ -52,7 +52,7 @@ def verify_image(path: str) -> Optional[str]:
 
 def check_dataset(name: str, root: str, sample: Optional[int] = None, verify: bool = True,
                   folder: str = "") -> Report:
-    from . import BUILTIN_CLASSES
+    from .builtin import BUILTIN_CLASSES
 
     cls = BUILTIN_CLASSES[name]
     obj = cls.__new__(cls)
@@ -148,7 +148,7 @@ def run_check(root: str, names: Sequence[str] = (), sample: Optional[int] = None
     unknown one raises :class:`~promptot.datasets.names.UnknownDatasetError`
     before anything is checked.
     """
-    from . import BUILTIN_CLASSES, BUILTIN_DATASETS
+    from .builtin import BUILTIN_CLASSES, BUILTIN_DATASETS
     from .names import resolve_names
 
     explicit = bool(names)

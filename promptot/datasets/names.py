@@ -52,7 +52,7 @@ def stem_of(name: str) -> str:
 
 def aliases() -> Dict[str, str]:
     """Comparison key -> class name, for class names, config stems and dataset folder names."""
-    from . import BUILTIN_CLASSES
+    from .builtin import BUILTIN_CLASSES
 
     table: Dict[str, str] = {}
     for stem, cls_name in CONFIG_STEMS.items():
@@ -67,7 +67,7 @@ def aliases() -> Dict[str, str]:
 
 def accepted_names() -> List[str]:
     """The names the help text and error messages show: each class name with its config stem."""
-    from . import BUILTIN_CLASSES
+    from .builtin import BUILTIN_CLASSES
 
     return [f"{n} ({stem_of(n)})" if stem_of(n) else n for n in BUILTIN_CLASSES]
 
