@@ -29,6 +29,6 @@ setup(
         "tensorboard",
     ],
     # POT is the reference the OT tests compare against; the library itself does not import it.
-    extras_require={"dev": ["pytest>=7", "POT>=0.9"]},
+    extras_require={"dev": ["pytest>=7", "POT>=0.9", "hypothesis>=6"]},
     entry_points={"console_scripts": ["promptot-datasets=promptot.datasets.__main__:cli"]},
 )

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
+import time
 
 from promptot.errors import UserError
+from promptot.fileio import atomic_write_text
 
 # torch, the engine and the trainers are imported by load_plugins(), after the arguments are parsed, so that
 # `train.py --help` and argument errors answer at once.
@@ -132,21 +134,51 @@ def main(args) -> None:
         raise UserError(unknown_name_message("dataset", cfg.DATASET.NAME or "(none)", ours,
                                              hint="Pass --dataset-config-file configs/datasets/<name>.yaml, or "
                                                   "register your own class in a module under datasets/."))
+    if not cfg.DATASET.ROOT:
+        raise UserError("No dataset root: pass --root DATA (the folder that holds the datasets; the Fashion-MNIST "
+                        "datasets are written there on first use). It must not be left empty, so that no dataset is "
+                        "built inside the current directory by accident.")
+    from promptot.config import validate_config
+
+    validate_config(cfg, engine.TRAINER_REGISTRY.get(cfg.TRAINER.NAME))  # before any data or model is built
+
+    from promptot.runlock import RunLock
+
+    with RunLock(cfg.OUTPUT_DIR):  # one writer per run directory; refuses a live owner, takes over a dead one
+        run(cfg, args, torch, config_hash)
+
+
+def run(cfg, args, torch, config_hash) -> None:
+    """The run itself, inside the output directory's lock."""
+    if cfg.TRAIN.DETERMINISTIC:
+        # Bit-identical reruns: deterministic kernels everywhere (cuBLAS needs its workspace setting before CUDA starts)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available() and cfg.USE_CUDA:
+        torch.backends.cudnn.benchmark = True
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         engine.set_random_seed(cfg.SEED)
     engine.setup_logger(cfg.OUTPUT_DIR)
     print(f"promptot engine: {engine.ENGINE} (set PROMPTOT_ENGINE=auto|dassl|builtin to choose)")
-    if torch.cuda.is_available() and cfg.USE_CUDA:
-        torch.backends.cudnn.benchmark = True
     print_args(args, cfg)
     print("Collecting env info ...")
     print(f"** System info **\n{engine.collect_env_info()}\n")
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    with open(osp.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-        f.write(f"# config_hash: {config_hash(cfg)}\n{cfg.dump()}")
+    config_path = osp.join(cfg.OUTPUT_DIR, "config.yaml")
+    if args.eval_only and osp.exists(config_path):
+        # an evaluation into an existing run directory keeps that run's config (its training record)
+        config_path = osp.join(cfg.OUTPUT_DIR, time.strftime("config-eval-%Y%m%d-%H%M%S.yaml"))
+        print(f"{osp.join(cfg.OUTPUT_DIR, 'config.yaml')} is kept; this evaluation's config goes to {config_path}")
+    config_text = f"# config_hash: {config_hash(cfg)}\n{cfg.dump()}"
+    atomic_write_text(config_path, config_text)
 
     trainer = engine.build_trainer(cfg)
+    effective = getattr(trainer, "effective", {})
+    if effective:
+        notes = "".join(f"# effective: {k}: {v!r} ({why})\n" for k, (v, why) in effective.items())
+        atomic_write_text(config_path, config_text + notes)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()

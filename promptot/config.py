@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Dict, Type, TypeVar
+from typing import Any, Dict, Optional, Type, TypeVar
 
 from yacs.config import CfgNode as CN
 
@@ -49,6 +49,8 @@ def extend_cfg(cfg: CN) -> CN:
     cfg.DATASET.SKIP_CORRUPT = False  # opt-in: skip unreadable images and count them
     cfg.DATASET.FOLDER = ""  # ImageFolder: sub-folder of ROOT holding the user's images
     cfg.MODEL.BACKBONE.PATH = ""  # local CLIP weights (OpenAI .pt archive or state dict)
+    cfg.TRAIN.NONFINITE = "stop"  # stop | skip: what a NaN/Inf loss or tensor does to a training step
+    cfg.TRAIN.DETERMINISTIC = False  # opt-in: deterministic kernels, bit-identical reruns of a seed
     for node, cls in sorted(_TRAINER_CONFIGS.items()):
         sub = CN()
         for f in dataclasses.fields(cls):
@@ -63,10 +65,65 @@ def extend_cfg(cfg: CN) -> CN:
     return cfg
 
 
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
 def resolve(cfg: CN, cls: Type[T]) -> T:
-    """Build the typed config ``cls`` from ``cfg.TRAINER.<cls.CFG_NODE>``."""
+    """Build the typed, validated config ``cls`` from ``cfg.TRAINER.<cls.CFG_NODE>``; a value of the wrong type
+    raises a :class:`ConfigError` naming the key."""
     node = getattr(cfg.TRAINER, cls.CFG_NODE)  # type: ignore[attr-defined]
-    return cls(**{f.name: node[f.name] for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+    values = {}
+    for f in dataclasses.fields(cls):
+        v = node[f.name]
+        allowed = _TYPES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        if allowed and (not isinstance(v, allowed) or (bool not in allowed and isinstance(v, bool))):
+            raise ConfigError(f"TRAINER.{cls.CFG_NODE}.{f.name} must be a {f.type}, got {v!r}")  # type: ignore
+        values[f.name] = v
+    return cls(**values)  # type: ignore[arg-type]
+
+
+def validate_config(cfg: CN, trainer_cls: Optional[type] = None) -> None:
+    """Check a merged config before any data or model is built; every problem is a :class:`ConfigError` naming the
+    key and the allowed values. Checks the trainer's typed config (``trainer_cls.config_class``) and the engine keys
+    promptot relies on."""
+    from .engine import ENGINE
+    from .engine.optim import AVAI_OPTIMS, AVAI_SCHEDS
+
+    if trainer_cls is not None and getattr(trainer_cls, "config_class", None) is not None:
+        resolve(cfg, trainer_cls.config_class)
+    check_choice("OPTIM.NAME", cfg.OPTIM.NAME, AVAI_OPTIMS)
+    check_choice("OPTIM.LR_SCHEDULER", cfg.OPTIM.LR_SCHEDULER, AVAI_SCHEDS)
+    check_choice("OPTIM.WARMUP_TYPE", cfg.OPTIM.WARMUP_TYPE, ("constant", "linear"))
+    check_choice("DATASET.SUBSAMPLE_CLASSES", cfg.DATASET.SUBSAMPLE_CLASSES, ("all", "base", "new"))
+    check_choice("TRAIN.NONFINITE", cfg.TRAIN.NONFINITE, ("stop", "skip"))
+    check_choice("TEST.FINAL_MODEL", cfg.TEST.FINAL_MODEL, ("last_step", "best_val"))
+    for key, value, low in (("OPTIM.MAX_EPOCH", cfg.OPTIM.MAX_EPOCH, 1), ("OPTIM.LR", cfg.OPTIM.LR, 0),
+                            ("DATALOADER.TRAIN_X.BATCH_SIZE", cfg.DATALOADER.TRAIN_X.BATCH_SIZE, 1),
+                            ("DATALOADER.TEST.BATCH_SIZE", cfg.DATALOADER.TEST.BATCH_SIZE, 1),
+                            ("DATALOADER.NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, 0),
+                            ("OPTIM.WARMUP_EPOCH", cfg.OPTIM.WARMUP_EPOCH, -1)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{key} must be a number >= {low}, got {value!r}")
+    if isinstance(cfg.OPTIM.LR, (int, float)) and cfg.OPTIM.LR <= 0:
+        raise ConfigError(f"OPTIM.LR must be > 0, got {cfg.OPTIM.LR}")
+    size = tuple(cfg.INPUT.SIZE)
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+        raise ConfigError(f"INPUT.SIZE must be two positive integers, e.g. (224, 224), got {cfg.INPUT.SIZE!r}")
+    if ENGINE == "builtin":
+        from .engine.data import AVAI_CHOICES
+
+        for tf in cfg.INPUT.TRANSFORMS:
+            check_choice("INPUT.TRANSFORMS entries", tf, AVAI_CHOICES)
+    if not cfg.MODEL.BACKBONE.PATH:
+        from .clip.loader import expected_image_size
+        from .miniclip import register as register_miniclip
+
+        register_miniclip()
+
+        want = expected_image_size(cfg.MODEL.BACKBONE.NAME)
+        if want is not None and size[0] != want:
+            raise ConfigError(f"INPUT.SIZE is {size} but {cfg.MODEL.BACKBONE.NAME} expects {want}x{want} images; set "
+                              f"INPUT.SIZE ({want}, {want}).")
 
 
 def config_hash(cfg: CN) -> str:
@@ -109,6 +166,13 @@ class PrecisionConfig(TrainerConfig):
         from .precision import check_precision
 
         check_precision(self.PREC, self.key("PREC"))
+
+
+def check_context(config: TrainerConfig) -> None:
+    """Without ``CTX_INIT`` the context is ``N_CTX`` random vectors, so ``N_CTX`` must be >= 1 (with an init, the
+    init's words set the length, as in the reference)."""
+    if not str(getattr(config, "CTX_INIT", "")).strip():
+        config.check_positive("N_CTX")
 
 
 @dataclasses.dataclass

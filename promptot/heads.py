@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -18,9 +19,10 @@ def cosine_logits(scale: Tensor, img: Tensor, txt: Tensor) -> Tensor:
 
 
 def pooled_prompt_logits(scale: Tensor, img: Tensor, txt: Tensor) -> Tensor:
-    """Global logit of PLOT/PLOT++: ``scale · s(img [B, D], normalised mean over n of txt [C, N, D])`` -> ``[B, C]``
-    (fp32)."""
-    pooled = F.normalize(F.normalize(txt.float(), dim=-1).mean(1), dim=-1)
+    """Global logit of PLOT/PLOT++ as the reference code computes it: the N prompt features of a class are averaged
+    *unnormalised* and the mean is normalised, ``scale · s(img [B, D], mean_n txt [C, N, D])`` -> ``[B, C]`` (fp32).
+    Pass raw features: normalising each prompt before the mean weighs them differently when their norms differ."""
+    pooled = F.normalize(txt.float().mean(1), dim=-1)
     return scale.float() * F.normalize(img.float(), dim=-1) @ pooled.t()
 
 
@@ -36,9 +38,14 @@ class OTPromptModel(PromptModel):
         self.head = HierarchicalOTHead(head)
 
     def ot(self, img_global: Tensor, txt_global: Tensor, **tokens: Any) -> ModelOutput:
-        """OT logits; in training mode the mean normalised entropy of the prompt-level plans is logged as
-        ``plan_ent`` (1 = uniform plans: the OT has no effect)."""
-        if not self.training:
-            return ModelOutput(self.head(img_global, txt_global, self.scale, **tokens))
+        """OT logits with two logged diagnostics: ``plan_ent``, the mean normalised entropy of the prompt-level plans
+        (1 = uniform plans: the OT has no effect; training only), and ``ot_err``, the largest Sinkhorn marginal error
+        of this forward (the trainer warns once per run when it is large)."""
         logits, diag = self.head(img_global, txt_global, self.scale, log=True, **tokens)
-        return ModelOutput(logits, diagnostics={"plan_ent": diag["plan_entropy"]})
+        err = diag["prompt_marginal_err"]
+        if "token_marginal_err" in diag:
+            err = torch.maximum(err, diag["token_marginal_err"])
+        out = {"ot_err": err}
+        if self.training:
+            out["plan_ent"] = diag["plan_entropy"]
+        return ModelOutput(logits, diagnostics=out)

@@ -99,6 +99,7 @@ class TextPrompts(nn.Module):
             raise ConfigError(f"the number of prompt sets must be >= 1, got {n_sets}")
         dtype = dtype or clip.dtype
         width = clip.text_width
+        self.requested_n_ctx = n_ctx  # CTX_INIT may replace it (init_mode "coop"): the trainer records the change
         names = [_clean(n) for n in classnames]
         n_cls = len(names)
         ctx_init = _clean(ctx_init).strip()

@@ -14,7 +14,9 @@ import datetime
 import json
 import os
 import os.path as osp
+import random
 import subprocess
+from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
@@ -26,9 +28,11 @@ from . import __version__
 from .clip import PromptedCLIP
 from .config import config_hash, resolve
 from .engine import (ENGINE, DataManager, DatasetWrapper, TrainerX, build_lr_scheduler, build_optimizer,
-                     compute_accuracy, load_checkpoint, save_checkpoint)
-from .engine.utils import CheckpointNotFoundError, checkpoint_dict
+                     compute_accuracy, load_checkpoint)
+# promptot's own (atomic) writer under both engines: Dassl's is not atomic
+from .engine.utils import CheckpointNotFoundError, checkpoint_dict, save_checkpoint
 from .errors import ConfigError, UserError
+from .fileio import atomic_write_text
 from .model import PromptModel
 from .precision import Precision
 
@@ -71,6 +75,37 @@ def git_sha() -> Optional[str]:
 
 
 LossTerms = Dict[str, Union[float, Tensor]]
+
+#: Sinkhorn marginal error (L1, plans of total mass 1) above which a run warns once: logits are scale·<T, S>, so an
+#: error δ moves a logit by up to about scale·δ ≈ 100·δ (0.1 at δ = 1e-3).
+OT_WARN_MARGINAL_ERR = 1e-3
+NONFINITE_MODES = ("stop", "skip")
+
+
+class NonFiniteError(UserError, FloatingPointError):
+    """A NaN or Inf in a loss, logits, features or OT plans stopped training (the message names step and tensor)."""
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every random state a training epoch consumes: Python, NumPy, torch CPU and CUDA (the data loader's shuffling
+    and its worker seeds are drawn from torch's global generator)."""
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class PromptTrainer(TrainerX):
@@ -124,6 +159,24 @@ class PromptTrainer(TrainerX):
         self.num_source_domains = dm.num_source_domains
         self.lab2cname = dm.lab2cname
         self.dm = dm
+        self.shots = self._shots_used()
+
+    def _shots_used(self) -> Dict[str, Any]:
+        """What ``DATASET.NUM_SHOTS`` gave (Dassl's rules, stated instead of silent): ``-1`` trains on all images, and
+        a class with fewer images than asked contributes all it has."""
+        asked = int(self.cfg.DATASET.NUM_SHOTS)
+        counts = Counter(int(d.label) for d in self.dm.dataset.train_x)
+        names = self.dm.lab2cname
+        if asked < 1:
+            print(f"Shots: all training images ({sum(counts.values())} for {len(counts)} classes; DATASET.NUM_SHOTS "
+                  f"{asked})")
+            return {"requested": asked, "used": "all"}
+        short = {names.get(k, str(k)): n for k, n in sorted(counts.items()) if n < asked}
+        if short:
+            shown = ", ".join(f"{k} ({n})" for k, n in list(short.items())[:10])
+            print(f"WARNING: {len(short)} class(es) have fewer training images than DATASET.NUM_SHOTS {asked} and use "
+                  f"all they have: {shown}{' ...' if len(short) > 10 else ''}")
+        return {"requested": asked, "used": asked, "short_classes": short}
 
     @property
     def classnames(self) -> List[str]:
@@ -136,7 +189,28 @@ class PromptTrainer(TrainerX):
         self.method_cfg = c = self.method_config()
         clip = self.build_typed_clip(c)
         self.model = self.compose(clip, c).to(self.device)
+        self._note_replaced_context_lengths(c)
         self.register_learners(c)
+
+    #: values the run used that differ from the config as given (key -> (value, why)); written to config.yaml
+    effective: Dict[str, Tuple[Any, str]]
+
+    def note_effective(self, key: str, value: Any, why: str) -> None:
+        """Record (and print) a config value the run replaced by another, e.g. ``N_CTX`` by CTX_INIT's word count."""
+        if not hasattr(self, "effective"):
+            self.effective = {}
+        self.effective[key] = (value, why)
+        print(f"Note: {key} is {value!r} in this run ({why})")
+
+    def _note_replaced_context_lengths(self, c) -> None:
+        from .prompts import TextPrompts
+
+        for m in self.model.modules():
+            if isinstance(m, TextPrompts) and m.requested_n_ctx != m.n_ctx:
+                key = c.key("N_CTX") if hasattr(c, "N_CTX") else "N_CTX"
+                self.note_effective(key, m.n_ctx, f"CTX_INIT has {m.n_ctx} words and replaces N_CTX "
+                                                  f"{m.requested_n_ctx}, as in the reference code")
+                break
 
     def compose(self, clip: PromptedCLIP, c) -> PromptModel:
         """Build the method's :class:`~promptot.model.PromptModel` from the frozen CLIP and the typed config."""
@@ -241,17 +315,60 @@ class PromptTrainer(TrainerX):
         """
         image, label = self.parse_batch_train(batch)
         out = self.model.run(image)
+        check_finite(out.logits, "logits")
         loss = F.cross_entropy(out.logits.float(), label)
         terms: LossTerms = {"loss": loss, "acc": compute_accuracy(out.logits, label)[0]}
         terms.update(out.diagnostics)
         return loss, terms
 
     def forward_backward(self, batch) -> Dict[str, float]:
-        """:meth:`training_loss`, then backward, :meth:`transform_gradients` and the optimizer steps."""
-        with self.autocast():
-            loss, terms = self.training_loss(batch)
+        """:meth:`training_loss`, then backward, :meth:`transform_gradients` and the optimizer steps.
+
+        A NaN/Inf in the loss or in a checked tensor (logits, OT inputs and plans) stops the run with a
+        :class:`NonFiniteError` naming the step and the tensor, or, with ``TRAIN.NONFINITE skip``, skips the batch
+        (no update) and counts it in the log as ``nonfinite_skipped``.
+        """
+        try:
+            with self.autocast():
+                loss, terms = self.training_loss(batch)
+            if not bool(torch.isfinite(loss.detach())):
+                raise FloatingPointError(f"the loss is {float(loss.detach())}")
+        except FloatingPointError as e:
+            return self._nonfinite(str(e))
         self.optimize(loss)
-        return {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in terms.items()}
+        summary = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in terms.items()}
+        self.check_convergence(summary)
+        if getattr(self, "_nonfinite_skipped", 0):
+            summary["nonfinite_skipped"] = float(self._nonfinite_skipped)
+        return summary
+
+    def _nonfinite(self, what: str) -> Dict[str, float]:
+        where = f"epoch {self.epoch + 1}, batch {self.batch_idx + 1}"
+        if str(getattr(self.cfg.TRAIN, "NONFINITE", "stop")) != "skip":
+            raise NonFiniteError(
+                f"Training stopped at {where}: {what}. The prompts were not updated by this batch; the last "
+                "checkpoint is intact. Lower OPTIM.LR, use PREC fp32 or amp instead of fp16, or set TRAIN.NONFINITE "
+                "skip to skip such batches (they are counted in the log).")
+        self._nonfinite_skipped = getattr(self, "_nonfinite_skipped", 0) + 1
+        print(f"WARNING: skipping the batch at {where}: {what} (TRAIN.NONFINITE skip; "
+              f"{self._nonfinite_skipped} skipped so far)")
+        self.model_zero_grad()
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()  # the schedule advances per epoch whatever happened to the last batch
+        return {"nonfinite_skipped": float(self._nonfinite_skipped)}
+
+    def check_convergence(self, diagnostics: Dict[str, float]) -> None:
+        """Warn once per run when a Sinkhorn solve stopped with a marginal error above :data:`OT_WARN_MARGINAL_ERR`
+        (``ot_err`` in the model's diagnostics; also printed with every training line)."""
+        err = diagnostics.get("ot_err")
+        if err is None or err <= OT_WARN_MARGINAL_ERR or getattr(self, "_ot_warned", False):
+            return
+        self._ot_warned = True
+        c = getattr(self, "method_cfg", None)
+        key = c.key if c is not None and hasattr(c, "key") else (lambda k: k)
+        print(f"WARNING: Sinkhorn stopped before convergence (marginal error {err:.2e} > {OT_WARN_MARGINAL_ERR:g}; "
+              f"logits may be off by about {100 * err:.2g}). Raise {key('MAX_ITER')}, use {key('DOMAIN')} log for "
+              f"small eps, or a larger eps. Shown once per run; ot_err in the training lines tracks it.")
 
     def transform_gradients(self) -> None:
         """Hook between backward and the optimizer steps: the learnable parameters hold their gradients in
@@ -303,6 +420,8 @@ class PromptTrainer(TrainerX):
         text = self.eval_cached("text", self.static_text)
         with self.autocast():
             out = self.model.run(image, text)
+        if out.diagnostics:
+            self.check_convergence({k: float(v) for k, v in out.diagnostics.items()})
         return out.logits.float()
 
     # ------------------------------------------------------------------ eval caches
@@ -335,6 +454,7 @@ class PromptTrainer(TrainerX):
             "dataset": cfg.DATASET.NAME,
             "subsample_classes": cfg.DATASET.SUBSAMPLE_CLASSES,
             "num_shots": cfg.DATASET.NUM_SHOTS,
+            "shots_used": getattr(self, "shots", None),
             "seed": cfg.SEED,
             "backbone": cfg.MODEL.BACKBONE.NAME or cfg.MODEL.BACKBONE.PATH,
             "split": split,
@@ -347,9 +467,11 @@ class PromptTrainer(TrainerX):
             "config_hash": config_hash(cfg),
             "git_sha": git_sha(),
         }
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        with open(osp.join(cfg.OUTPUT_DIR, "results.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = osp.join(cfg.OUTPUT_DIR, "results.jsonl")
+        old = open(path).read() if osp.exists(path) else ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        atomic_write_text(path, old + json.dumps(record) + "\n")  # a kill never leaves half a record
         return record
 
     def _record_epoch(self) -> int:
@@ -376,10 +498,31 @@ class PromptTrainer(TrainerX):
         """Dassl's layout (``<directory>/<learner>/model.pth.tar-<epoch>``), holding only each learner's state
         (its parameters; no frozen CLIP weights) plus ``meta`` (method, backbone, class names, config hash)."""
         meta = self.checkpoint_meta()
+        run_state = {"rng": rng_state(), "scaler": self._scaler.state_dict() if self._scaler is not None else None,
+                     "nonfinite_skipped": getattr(self, "_nonfinite_skipped", 0)}
         for name in self.get_model_names():
             save_checkpoint(checkpoint_dict(self._models[name], self._optims[name], self._scheds[name], epoch + 1,
-                                            val_result, meta=meta),
+                                            val_result, meta=meta, run_state=run_state),
                             osp.join(directory, name), is_best=is_best, model_name=model_name)
+
+    def resume_model_if_exist(self, directory: str) -> int:
+        """Dassl's resume (models, optimizers, schedulers), plus the random states, the grad scaler and the counters
+        saved with the checkpoint, so that a resumed run continues exactly as the uninterrupted one would."""
+        start = super().resume_model_if_exist(directory)
+        if start > 0:
+            name = self.get_model_names()[0]
+            with open(osp.join(directory, name, "checkpoint")) as f:
+                fname = f.readline().strip()
+            state = load_checkpoint(osp.join(directory, name, fname)).get("run_state")
+            if state is None:
+                print("WARNING: this checkpoint holds no random states (written by promptot < 0.2): the resumed run "
+                      "draws other batches than an uninterrupted one would")
+            else:
+                set_rng_state(state["rng"])
+                if self._scaler is not None and state.get("scaler"):
+                    self._scaler.load_state_dict(state["scaler"])
+                self._nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
+        return start
 
     #: state-dict key suffixes never loaded (class-dependent buffers that reference checkpoints stored)
     transient_keys = ("token_prefix", "token_suffix")
@@ -482,6 +625,13 @@ class PromptTrainer(TrainerX):
             for n in names:
                 self.write_scalar(f"train/lr_{n}", self._optims[n].param_groups[0]["lr"], self.epoch)
         super().after_epoch()
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    """Raise ``FloatingPointError`` naming ``name`` and its shape when ``x`` holds a NaN or Inf."""
+    if not bool(torch.isfinite(x.detach()).all()):
+        bad = int((~torch.isfinite(x.detach())).sum())
+        raise FloatingPointError(f"{bad} non-finite value(s) in {name} of shape {tuple(x.shape)}")
 
 
 def cfg_name(trainer) -> str:

@@ -160,13 +160,14 @@ def test_register_idempotent(monkeypatch):
     calls = []
     loader = types.ModuleType("promptot.clip.loader")
     loader.register_backbone = lambda name, resolver: calls.append((name, resolver))
+    loader.declare_image_size = lambda name, size: calls.append((name, size))
     pkg = types.ModuleType("promptot.clip")
     pkg.loader = loader
     monkeypatch.setitem(sys.modules, "promptot.clip", pkg)
     monkeypatch.setitem(sys.modules, "promptot.clip.loader", loader)
     monkeypatch.setattr(mc, "_REGISTERED", False)
     assert mc.register() and mc.register()
-    assert calls == [(mc.DEFAULT_NAME, mc.checkpoint_path)]
+    assert calls == [(mc.DEFAULT_NAME, mc.checkpoint_path), (mc.DEFAULT_NAME, 32)]
 
 
 def test_checkpoint_path_falls_back_to_cached_build(monkeypatch, tmp_path):

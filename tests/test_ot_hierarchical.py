@@ -168,3 +168,20 @@ def test_half_inputs_give_fp32_logits_and_diagnostics() -> None:
     for k in ("plan_entropy", "plan_max_min_ratio", "prompt_iters", "token_iters_mean", "token_iters_max"):
         assert k in d and torch.isfinite(d[k])
     assert 0.0 < float(d["plan_entropy"]) <= 1.0 + 1e-6
+
+
+def test_nan_image_padding_gives_finite_gradients() -> None:
+    """Image tokens are masked before they are normalised: NaN padding changes neither the logits nor the gradients
+    of the real tokens, and no NaN reaches any gradient (paper mode, gradients through the token term)."""
+    ig, tg, it, tl = _inputs(torch.float64, seed=21)
+    tt, tm = _pad(tl)
+    cfg = OTHeadConfig(compat="paper", stop="marginal", beta=1.0)
+    it_pad = torch.cat([it, torch.full_like(it[:, :, :3], float("nan"))], dim=2).requires_grad_(True)
+    im = torch.ones(it_pad.shape[:3], dtype=torch.bool)
+    im[:, :, -3:] = False
+    out = HierarchicalOTHead(cfg)(ig, tg, 100.0, it_pad, im, tt, tm)
+    out.sum().backward()
+    assert torch.isfinite(it_pad.grad).all() and it_pad.grad[:, :, -3:].abs().max() == 0
+    it_real = it.clone().requires_grad_(True)
+    HierarchicalOTHead(cfg)(ig, tg, 100.0, it_real, None, tt, tm).sum().backward()
+    torch.testing.assert_close(it_pad.grad[:, :, :-3], it_real.grad, atol=1e-10, rtol=1e-8)

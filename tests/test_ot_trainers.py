@@ -190,3 +190,43 @@ def test_configs_resolve(cfg_file, toy_root, tmp_path):
     assert cfg.OPTIM.LR in (0.002, 0.0025) and cfg.OPTIM.WARMUP_CONS_LR == 1e-5 and c.PREC == "fp16"
     if node == "PLOT":
         assert c.GLOBAL_LOGIT == ("imagenet" in cfg_file) and cfg.DATALOADER.TRAIN_X.BATCH_SIZE == 128
+
+
+def test_plot_global_logit_adds_the_reference_pooled_logit(toy_root, tmp_path, clip_paths):
+    """GLOBAL_LOGIT True adds scale·s(global image feature, normalised mean of the *unnormalised* prompt features),
+    as the reference code computes it; the flag must change the logits by exactly that amount."""
+    on = build(toy_root, tmp_path, "PLOT-vit-global", clip_paths, extra=["TRAINER.PLOT.GLOBAL_LOGIT", "True"])
+    off = build(toy_root, tmp_path, "PLOT-vit-global", clip_paths, extra=["TRAINER.PLOT.GLOBAL_LOGIT", "False"])
+    off.model.prompt_learner.load_state_dict(on.model.prompt_learner.state_dict())
+    x = _images()
+    with torch.no_grad():
+        txt = on.model.text_side()  # [C, N, D] raw
+        glob = on.model.clip.encode_image(x).features
+        pooled = F.normalize(txt.mean(1), dim=-1)
+        expect = on.model.scale * F.normalize(glob, dim=-1) @ pooled.t()
+        torch.testing.assert_close(on.model(x) - off.model(x), expect, rtol=1e-4, atol=1e-4)
+        # normalising each prompt first (the old behaviour) gives another logit once the prompt norms differ
+        txt_scaled = txt * torch.linspace(0.8, 1.2, txt.shape[1])[None, :, None]
+        each = F.normalize(F.normalize(txt_scaled, dim=-1).mean(1), dim=-1)
+        ref = F.normalize(txt_scaled.mean(1), dim=-1)
+        assert (each - ref).abs().max() > 1e-3
+
+
+def test_unconverged_sinkhorn_warns_once_and_logs_its_error(toy_root, tmp_path, clip_paths, capsys):
+    tr = build(toy_root, tmp_path, "ALIGN", clip_paths,
+               extra=["TRAINER.ALIGN.STOP", "fixed", "TRAINER.ALIGN.MAX_ITER", "1", "TRAINER.ALIGN.EPS_PROMPT", "0.01"])
+    tr.set_model_mode("train")
+    tr.num_batches, tr.epoch = 10, 0
+    batch = next(iter(tr.train_loader_x))
+    logs = []
+    for tr.batch_idx in range(2):
+        logs.append(tr.forward_backward(batch))
+    out = capsys.readouterr().out
+    assert out.count("WARNING: Sinkhorn stopped before convergence") == 1
+    assert "TRAINER.ALIGN.MAX_ITER" in out and "TRAINER.ALIGN.DOMAIN log" in out
+    assert all(d["ot_err"] > 1e-3 for d in logs)
+    ok = build(toy_root, tmp_path, "ALIGN", clip_paths)  # defaults converge: logged, no warning
+    ok.set_model_mode("train")
+    ok.num_batches, ok.epoch, ok.batch_idx = 10, 0, 0
+    assert ok.forward_backward(batch)["ot_err"] < 1e-3
+    assert "Sinkhorn stopped before convergence" not in capsys.readouterr().out

@@ -169,6 +169,21 @@ def t_unknown_dataset(toy_root, tmp_path, clip):
     return datasets_cli("check", "--root", str(tmp_path / "d"), "eurosatt")
 
 
+def t_nonfinite(toy_root, tmp_path, clip):
+    # SGD at 1e38 sends the context to inf after the first step: the next loss is NaN
+    return cli(toy_root, tmp_path, clip, "OPTIM.NAME", "sgd", "OPTIM.LR", "1e38", "OPTIM.WARMUP_EPOCH", "0")[0::2]
+
+
+def t_locked(toy_root, tmp_path, clip):
+    import socket
+
+    out = tmp_path / "out"
+    out.mkdir()
+    # a live process on this host (pid 1 always exists) holds the run directory
+    (out / ".promptot.lock").write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "started": "earlier"}))
+    return cli(toy_root, tmp_path, clip)[0::2]
+
+
 # exception name -> (trigger, a phrase the message must contain)
 TRIGGERS = {
     "UserError": (t_user_error, "NoSuchTrainer"),
@@ -187,6 +202,8 @@ TRIGGERS = {
     "DownloadError": (t_download, "Cannot download", 1),
     "ChecksumError": (t_checksum, "Checksum mismatch", 1),
     "SourceError": (t_source, "no_such_source"),
+    "NonFiniteError": (t_nonfinite, "Training stopped at epoch 1, batch"),
+    "RunLockedError": (t_locked, "pid 1"),
     "UnknownDatasetError": (t_unknown_dataset, "eurosatt"),
 }
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from promptot.config import PrecisionConfig, register_trainer_config
+from promptot.config import PrecisionConfig, check_context, register_trainer_config
 from promptot.engine import TRAINER_REGISTRY
 from promptot.model import PromptModel
 from promptot.prompts import MetaNet, TextPrompts
@@ -28,6 +28,10 @@ from promptot.trainer import PromptTrainer
 class CoCoOpConfig(PrecisionConfig):
     N_CTX: int = 16
     CTX_INIT: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_context(self)
 
 
 class CoCoOpPromptLearner(nn.Module):

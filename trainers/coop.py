@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from promptot.config import PrecisionConfig, check_choice, register_trainer_config
+from promptot.config import PrecisionConfig, check_choice, check_context, register_trainer_config
 from promptot.engine import TRAINER_REGISTRY
 from promptot.model import CosineModel
 from promptot.prompts import POSITIONS, TextPrompts
@@ -28,6 +28,7 @@ class CoOpConfig(PrecisionConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice(self.key("CLASS_TOKEN_POSITION"), self.CLASS_TOKEN_POSITION, POSITIONS)
+        check_context(self)
 
 
 def coop_prompts(trainer: PromptTrainer, clip, c: CoOpConfig) -> TextPrompts:

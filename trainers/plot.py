@@ -11,7 +11,8 @@ reference adds the global logit on ImageNet only: set it in the ImageNet yaml), 
 the reference does not support).
 
 Per image b and class c: S = s(f_m, g_{c,n}) ∈ R^{M×N}, T* = Sinkhorn_ε(1 − S; 1/M, 1/N), logit = scale·<T*, S>
-(+ scale·s(global image feature, normalised mean of the N prompt features) with ``GLOBAL_LOGIT``). Loss: CE.
+(+ scale·s(global image feature, mean of the N unnormalised prompt features) with ``GLOBAL_LOGIT``, as the
+reference code computes it). Loss: CE.
 The OT itself is the shared :class:`HierarchicalOTHead` (token level off; fp32 whatever ``PREC``).
 """
 from __future__ import annotations
@@ -19,10 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Tuple
 
-import torch.nn.functional as F
 from torch import Tensor
 
-from promptot.config import SinkhornConfig, check_choice, register_trainer_config
+from promptot.config import SinkhornConfig, check_choice, check_context, register_trainer_config
 from promptot.engine import TRAINER_REGISTRY
 from promptot.errors import ConfigError
 from promptot.heads import OTPromptModel, pooled_prompt_logits as global_logit
@@ -48,6 +48,7 @@ class PLOTConfig(SinkhornConfig):
         super().__post_init__()
         check_choice(self.key("LOCAL_FEATURES"), self.LOCAL_FEATURES, LOCAL_FEATURES)
         self.check_positive("N")
+        check_context(self)
 
 
 class PLOTModel(OTPromptModel):
@@ -62,9 +63,9 @@ class PLOTModel(OTPromptModel):
             raise ConfigError("TRAINER.PLOT.LOCAL_FEATURES patch needs a ViT backbone (use auto or attnpool for RN)")
 
     def text_side(self) -> Tensor:
-        """``[C, N, D]`` normalised EOT features of the ``N`` prompt sets."""
-        feats = F.normalize(self.encode_text_prompts().features, dim=-1)  # [N*C, D]
-        return self.per_class(feats, self.prompt_learner.n_sets)
+        """``[C, N, D]`` EOT features (not normalised) of the ``N`` prompt sets."""
+        # raw features: the head normalises them, and the global logit averages them unnormalised (reference)
+        return self.per_class(self.encode_text_prompts().features, self.prompt_learner.n_sets)
 
     def image_side(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         """``(global [B, D], local [B, M, D])``: RN attention-pool positions / ViT patch tokens."""

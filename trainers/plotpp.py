@@ -12,7 +12,8 @@ Config ``TRAINER.PLOTPP``:
   encoded M times (rows ``b*M + m``) → M CLS features z_m.
 - OT between the M views and the N prompts of each class (prompt level only, shared head): ``EPS 0.1``,
   ``MAX_ITER 100``, ``STOP "reference"``, ``DOMAIN "kernel"``, ``GRAD "detach"``; logit = scale·<T*, S>.
-- ``TRADE_OFF``: add scale·s(normalised mean of z_m, normalised mean text feature), in training and test alike
+- ``TRADE_OFF``: add scale·s(mean of z_m, mean text feature), both means of unnormalised features normalised
+  afterwards as in the reference code, in training and test alike
   (the reference evaluates with ``TRADE_OFF False``, as the joint yaml sets).
 - ``MODEL_UPD "vision"`` (stage 1): only the visual prompts are optimised, the text prompts stay at their init
   (their features are cached while unchanged); ``"joint"`` (stage 2): both. ``MODEL.INIT_WEIGHTS`` = a stage-1
@@ -27,7 +28,6 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from promptot.config import SinkhornConfig, check_choice, register_trainer_config
@@ -100,11 +100,11 @@ class PLOTPPModel(OTPromptModel):
         self._text_cache: Tuple[Optional[tuple], Optional[Tensor]] = (None, None)
 
     def _text_features(self) -> Tensor:
-        feats = F.normalize(self.encode_text_prompts().features, dim=-1)
-        return self.per_class(feats, self.cfg.N)
+        # raw features: the head normalises them, and the pooled logit averages them unnormalised (reference)
+        return self.per_class(self.encode_text_prompts().features, self.cfg.N)
 
     def text_side(self) -> Tensor:
-        """``[C, N, D]`` normalised EOT features; while the text prompts are frozen (stage 1) they are computed
+        """``[C, N, D]`` EOT features (not normalised); while the text prompts are frozen (stage 1) they are computed
         once and reused until their values change."""
         params = self.prompt_learner.text_params()
         if any(p.requires_grad for p in params):
@@ -123,7 +123,7 @@ class PLOTPPModel(OTPromptModel):
     def logits(self, image: Tensor, text: Tensor) -> ModelOutput:
         out = self.ot(image, text)
         if self.cfg.TRADE_OFF:
-            out.logits = out.logits + global_logit(self.scale, F.normalize(image.float(), dim=-1).mean(1), text)
+            out.logits = out.logits + global_logit(self.scale, image.float().mean(1), text)  # raw mean of z_m
         return out
 
 

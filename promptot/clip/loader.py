@@ -58,6 +58,20 @@ REFERENCE_NAMES: Dict[str, Tuple[str, str]] = {
 
 _REGISTRY: Dict[str, Callable[[], str]] = {}
 
+# Input resolution of the named backbones (known before loading: lets a config be checked before any weight is read).
+_IMAGE_SIZE: Dict[str, int] = {"RN50": 224, "RN101": 224, "RN50x4": 288, "RN50x16": 384, "ViT-B/32": 224,
+                               "ViT-B/16": 224, "ViT-L/14": 224, "ViT-L/14@336px": 336}
+
+
+def expected_image_size(name: str) -> Optional[int]:
+    """Input side of a named backbone (reference names and registered backbones that declare it), else None."""
+    return _IMAGE_SIZE.get(name)
+
+
+def declare_image_size(name: str, size: int) -> None:
+    """Declare the input side of a registered backbone, so configs are checked before it is loaded."""
+    _IMAGE_SIZE[name] = int(size)
+
 
 def register_backbone(name: str, resolver: Callable[[], str]) -> None:
     """Register a named local backbone; ``resolver()`` returns the path of an OpenAI-format file

@@ -210,9 +210,12 @@ def save_checkpoint(
 ) -> str:
     """Write ``save_dir/model.pth.tar-<epoch>`` (or ``model_name``) and the ``checkpoint`` pointer.
 
-    The file is written to a temporary name and renamed, so a crash while saving
-    never leaves a truncated checkpoint behind the pointer.
+    Every file is written to a unique temporary name in the same folder, fsynced and renamed
+    (:func:`promptot.fileio.atomic_write`), so a crash or a kill while saving leaves the previous
+    checkpoint and pointer intact, never a truncated file behind the pointer.
     """
+    from promptot.fileio import atomic_write, atomic_write_text
+
     mkdir_if_missing(save_dir)
     if remove_module_from_keys:
         state["state_dict"] = OrderedDict(
@@ -222,17 +225,13 @@ def save_checkpoint(
     if not model_name:
         model_name = "model.pth.tar-" + str(epoch)
     fpath = osp.join(save_dir, model_name)
-    tmp = fpath + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, fpath)
+    atomic_write(fpath, lambda f: torch.save(state, f))
     print(f"Checkpoint saved to {fpath}")
-    ptr_tmp = osp.join(save_dir, "checkpoint.tmp")
-    with open(ptr_tmp, "w") as f:
-        f.write(f"{osp.basename(fpath)}\n")
-    os.replace(ptr_tmp, osp.join(save_dir, "checkpoint"))
+    atomic_write_text(osp.join(save_dir, "checkpoint"), f"{osp.basename(fpath)}\n")
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
-        shutil.copy(fpath, best_fpath)
+        with open(fpath, "rb") as src:
+            atomic_write(best_fpath, lambda f: shutil.copyfileobj(src, f))
         print(f'Best checkpoint saved to "{best_fpath}"')
     return fpath
 

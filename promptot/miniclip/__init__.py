@@ -96,9 +96,10 @@ def register() -> bool:
     if _REGISTERED:
         return True
     try:
-        from promptot.clip.loader import register_backbone
+        from promptot.clip.loader import declare_image_size, register_backbone
     except ImportError:
         return False
     register_backbone(DEFAULT_NAME, checkpoint_path)
+    declare_image_size(DEFAULT_NAME, 32)  # the committed recipe's input side (checked against the file when loaded)
     _REGISTERED = True
     return True

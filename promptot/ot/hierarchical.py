@@ -90,10 +90,11 @@ class HierarchicalOTHead(nn.Module):
 
     # ------------------------------------------------------------------ token level
     def _token_chunk(self, imgt: Tensor, img_mask: Tensor, tt: Tensor, tm: Tensor, grad_mode: str,
-                     iters: List[Tensor]) -> Tuple[Tensor, Tensor]:
+                     iters: List[Tensor], errs: List[Tensor]) -> Tuple[Tensor, Tensor]:
         """One class chunk: image tokens ``[B, M, P, D]`` (normalised), text tokens ``[Cc, N, L, D]`` (normalised).
 
-        Returns (d_tok, σ_tok) ``[B, Cc, M, N]``; appends the Sinkhorn iteration counts to ``iters``.
+        Returns (d_tok, σ_tok) ``[B, Cc, M, N]``; appends the Sinkhorn iteration counts to ``iters`` and the largest
+        marginal error to ``errs``.
         """
         cfg = self.cfg
         # [B, M, P, D] x [Cc, N, L, D] -> [B, Cc, M, N, P, L]: one GEMM over D, rows = image tokens (reference layout).
@@ -119,10 +120,12 @@ class HierarchicalOTHead(nn.Module):
         d_tok = (T.mul_(cost) if not graph else T * cost).sum((-1, -2))
         sigma = mass - d_tok  # <T, S> = <T, 1> - <T, 1 - S>
         iters.append(res.n_iter.detach().reshape(-1).float())
+        errs.append(res.marginal_err.detach().amax().reshape(1).float())
         return d_tok, sigma
 
     def _token_level(self, img_tokens: Tensor, img_mask: Optional[Tensor], txt_tokens: Tensor,
-                     txt_mask: Optional[Tensor], dtype: torch.dtype, need_graph: bool, iters: List[Tensor]) -> Tensor:
+                     txt_mask: Optional[Tensor], dtype: torch.dtype, need_graph: bool, iters: List[Tensor],
+                     errs: List[Tensor]) -> Tensor:
         """Token term per (b, c, m, n): d_tok (paper) or σ_tok (reference), ``[B, C, M, N]`` in caller class order."""
         cfg = self.cfg
         B, M, P, D = img_tokens.shape
@@ -159,7 +162,7 @@ class HierarchicalOTHead(nn.Module):
             tt = F.normalize(tt, dim=-1)
 
             def run(imgt_: Tensor, tt_: Tensor, tm_: Tensor = tm) -> Tensor:
-                d_tok, sigma = self._token_chunk(imgt_, img_mask, tt_, tm_, grad_mode, iters)
+                d_tok, sigma = self._token_chunk(imgt_, img_mask, tt_, tm_, grad_mode, iters, errs)
                 return sigma if reference else d_tok
 
             if need_graph and grad_mode != "autodiff":
@@ -198,7 +201,8 @@ class HierarchicalOTHead(nn.Module):
         txt_tokens, txt_mask : ``[C, N, L, D]`` and bool ``[C, N, L]``, optional (padded ragged token sets).
         log : also return a dict of detached scalar diagnostics (as POT's ``log=True``): ``plan_entropy`` (mean
             normalised entropy of the prompt-level plans, 1 = uniform), ``plan_max_min_ratio``, ``prompt_iters``,
-            ``prompt_marginal_err`` and, with a token level, ``token_iters_{mean,max,min}``.
+            ``prompt_marginal_err`` and, with a token level, ``token_iters_{mean,max,min}`` and ``token_marginal_err``
+            (marginal errors: largest row-marginal L1 error of any plan).
 
         Returns
         -------
@@ -218,6 +222,7 @@ class HierarchicalOTHead(nn.Module):
         S = torch.einsum("bmd,cnd->bcmn", z, h)  # [B, C, M, N]
         reference = cfg.compat == "reference"
         tok_iters: List[Tensor] = []
+        tok_errs: List[Tensor] = []
 
         use_tokens = (cfg.token_level and img_tokens is not None and txt_tokens is not None
                       and (reference or cfg.beta != 0.0))
@@ -226,7 +231,8 @@ class HierarchicalOTHead(nn.Module):
             tokens_need_grad = img_tokens.requires_grad or txt_tokens.requires_grad
             need_graph = (not reference) and torch.is_grad_enabled() and tokens_need_grad
             with torch.set_grad_enabled(need_graph):
-                term = self._token_level(img_tokens, img_mask, txt_tokens, txt_mask, dtype, need_graph, tok_iters)
+                term = self._token_level(img_tokens, img_mask, txt_tokens, txt_mask, dtype, need_graph, tok_iters,
+                                         tok_errs)
 
         if reference:
             cost = 1.0 - S if term is None else 1.0 - S + term  # D1: σ_tok added to a distance
@@ -263,4 +269,5 @@ class HierarchicalOTHead(nn.Module):
                 diag["token_iters_mean"] = it.mean()
                 diag["token_iters_max"] = it.amax()
                 diag["token_iters_min"] = it.amin()
+                diag["token_marginal_err"] = torch.cat(tok_errs[:len(tok_iters)]).amax()
         return logits, diag
