@@ -30,7 +30,8 @@ from collections import OrderedDict, defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from promptot.errors import ConfigError, UserError
-from promptot.engine import DatasetBase, Datum, listdir_nohidden, mkdir_if_missing
+from promptot.fileio import atomic_write_text
+from promptot.engine import DatasetBase, Datum, listdir_nohidden
 
 # (image path, label, classname); paths are absolute until written to a file.
 Item = Tuple[str, int, str]
@@ -219,9 +220,8 @@ def save_split_items(train: Iterable, val: Iterable, test: Iterable, filepath: s
             out.append([to_posix(osp.relpath(impath, path_prefix)), int(label), cname])
         return out
 
-    mkdir_if_missing(osp.dirname(filepath) or ".")
-    with open(filepath, "w") as f:
-        json.dump({"train": _rel(train), "val": _rel(val), "test": _rel(test)}, f, indent=4, separators=(",", ": "))
+    atomic_write_text(filepath, json.dumps({"train": _rel(train), "val": _rel(val), "test": _rel(test)}, indent=4,
+                                           separators=(",", ": ")))
     print(f"Saved split to {filepath}")
 
 
@@ -504,11 +504,7 @@ class CoOpDataset(DatasetBase):
         for key, items in data.items():
             out[key] = [[to_posix(osp.relpath(it.impath, self.dataset_dir)), int(it.label), it.classname]
                         for it in items]
-        mkdir_if_missing(osp.dirname(path))
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(out, indent=1))  # parallel jobs and kills never see half a cache
 
     def read_fewshot_cache(self, path: str) -> Dict[str, List]:
         with open(path, "r") as f:
