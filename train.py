@@ -7,8 +7,10 @@ Unlike the reference script, ``--seed 0`` is a real seed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import os.path as osp
+import sys
 import time
 
 from promptot.errors import UserError
@@ -142,10 +144,23 @@ def main(args) -> None:
 
     validate_config(cfg, engine.TRAINER_REGISTRY.get(cfg.TRAINER.NAME))  # before any data or model is built
 
+    from promptot import distributed as ddp
+
+    if ddp.init_from_env(use_cuda=cfg.USE_CUDA):  # launched by torchrun with several processes
+        if engine.ENGINE == "dassl":
+            raise UserError("Real Dassl has no distributed training: run the K processes on the built-in engine "
+                            "(PROMPTOT_ENGINE=builtin torchrun ...), or one process under Dassl.")
+        if not ddp.is_main():  # rank 0 prints, logs and writes; the other ranks compute and stay quiet
+            sys.stdout = open(os.devnull, "w")
     from promptot.runlock import RunLock
 
-    with RunLock(cfg.OUTPUT_DIR):  # one writer per run directory; refuses a live owner, takes over a dead one
-        run(cfg, args, torch, config_hash)
+    lock = RunLock(cfg.OUTPUT_DIR) if ddp.is_main() else contextlib.nullcontext()
+    with lock:  # one writer per run directory; refuses a live owner, takes over a dead one
+        try:
+            run(cfg, args, torch, config_hash)
+        finally:
+            if ddp.is_distributed():
+                torch.distributed.destroy_process_group()
 
 
 def run(cfg, args, torch, config_hash) -> None:
@@ -161,7 +176,10 @@ def run(cfg, args, torch, config_hash) -> None:
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         engine.set_random_seed(cfg.SEED)
-    engine.setup_logger(cfg.OUTPUT_DIR)
+    from promptot import distributed as ddp
+
+    if ddp.is_main():
+        engine.setup_logger(cfg.OUTPUT_DIR)
     print(f"promptot engine: {engine.ENGINE} (set PROMPTOT_ENGINE=auto|dassl|builtin to choose)")
     print_args(args, cfg)
     print("Collecting env info ...")
@@ -172,11 +190,12 @@ def run(cfg, args, torch, config_hash) -> None:
         config_path = osp.join(cfg.OUTPUT_DIR, time.strftime("config-eval-%Y%m%d-%H%M%S.yaml"))
         print(f"{osp.join(cfg.OUTPUT_DIR, 'config.yaml')} is kept; this evaluation's config goes to {config_path}")
     config_text = f"# config_hash: {config_hash(cfg)}\n{cfg.dump()}"
-    atomic_write_text(config_path, config_text)
+    if ddp.is_main():
+        atomic_write_text(config_path, config_text)
 
     trainer = engine.build_trainer(cfg)
     effective = getattr(trainer, "effective", {})
-    if effective:
+    if effective and ddp.is_main():
         notes = "".join(f"# effective: {k}: {v!r} ({why})\n" for k, (v, why) in effective.items())
         atomic_write_text(config_path, config_text + notes)
     if args.eval_only:

@@ -31,6 +31,7 @@ from .engine import (ENGINE, DataManager, DatasetWrapper, TrainerX, build_lr_sch
                      compute_accuracy, load_checkpoint)
 # promptot's own (atomic) writer under both engines: Dassl's is not atomic
 from .engine.utils import CheckpointNotFoundError, checkpoint_dict, save_checkpoint
+from . import distributed as ddp
 from .errors import ConfigError, UserError
 from .fileio import atomic_write_text
 from .model import PromptModel
@@ -142,6 +143,8 @@ class PromptTrainer(TrainerX):
         evaluate = self.evaluator.evaluate
 
         def _evaluate_and_keep() -> Dict[str, float]:
+            if ddp.is_distributed():  # sharded evaluation: every rank's predictions, then the metrics once
+                merge_evaluations(self.evaluator)
             results = evaluate()
             self._last_results = dict(results)
             return results
@@ -160,6 +163,30 @@ class PromptTrainer(TrainerX):
         self.lab2cname = dm.lab2cname
         self.dm = dm
         self.shots = self._shots_used()
+        if ddp.is_distributed():
+            self._distribute_loaders()
+
+    def _distribute_loaders(self) -> None:
+        """Rank r trains on its slice of every global batch and evaluates items r, r+K, ... (see
+        :mod:`promptot.distributed`)."""
+        from torch.utils.data import DataLoader
+
+        cfg, k, r = self.cfg, ddp.world_size(), ddp.rank()
+        x = cfg.DATALOADER.TRAIN_X
+
+        def loader(old, sampler, batch):
+            return DataLoader(old.dataset, batch_size=batch, sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                              drop_last=False, pin_memory=old.pin_memory)
+
+        data = self.train_loader_x.dataset
+        drop = len(data) >= x.BATCH_SIZE  # Dassl's rule for the training loader
+        self.train_loader_x = loader(self.train_loader_x, ddp.GlobalBatchSampler(len(data), x.BATCH_SIZE, r, k, drop),
+                                     x.BATCH_SIZE // k)
+        for name in ("val_loader", "test_loader"):
+            old = getattr(self, name)
+            if old is not None:
+                setattr(self, name, loader(old, ddp.ShardSampler(len(old.dataset), r, k), old.batch_size))
+        print(f"Distributed: {k} processes, global batch {x.BATCH_SIZE} ({x.BATCH_SIZE // k} per process)")
 
     def _shots_used(self) -> Dict[str, Any]:
         """What ``DATASET.NUM_SHOTS`` gave (Dassl's rules, stated instead of silent): ``-1`` trains on all images, and
@@ -328,15 +355,28 @@ class PromptTrainer(TrainerX):
         :class:`NonFiniteError` naming the step and the tensor, or, with ``TRAIN.NONFINITE skip``, skips the batch
         (no update) and counts it in the log as ``nonfinite_skipped``.
         """
+        self._local_n = int(batch["label"].shape[0]) if isinstance(batch, dict) and "label" in batch else 1
+        problem = ""
         try:
             with self.autocast():
                 loss, terms = self.training_loss(batch)
             if not bool(torch.isfinite(loss.detach())):
-                raise FloatingPointError(f"the loss is {float(loss.detach())}")
+                problem = f"the loss is {float(loss.detach())}"
         except FloatingPointError as e:
-            return self._nonfinite(str(e))
+            problem = str(e)
+        if ddp.is_distributed():  # every rank takes the same path, or the collectives below would not match
+            flag = torch.tensor([0.0 if problem else 1.0])
+            ddp.all_reduce_mean_([flag])
+            if float(flag) < 1.0 and not problem:
+                problem = "a non-finite value on another process"
+        if problem:
+            return self._nonfinite(problem)
         self.optimize(loss)
         summary = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in terms.items()}
+        if ddp.is_distributed():  # the logged values are those of the global batch
+            vals = torch.tensor([summary[k] for k in sorted(summary)], dtype=torch.float64)
+            ddp.all_reduce_mean_([vals], weight=self._local_n)
+            summary = dict(zip(sorted(summary), vals.tolist()))
         self.check_convergence(summary)
         if getattr(self, "_nonfinite_skipped", 0):
             summary["nonfinite_skipped"] = float(self._nonfinite_skipped)
@@ -386,6 +426,7 @@ class PromptTrainer(TrainerX):
         if self._scaler is not None:
             self.detect_anomaly(loss)
             self._scaler.scale(loss).backward()
+            self._average_gradients()
             if self._transforms_gradients():
                 for o in optims:
                     self._scaler.unscale_(o)
@@ -395,10 +436,18 @@ class PromptTrainer(TrainerX):
             self._scaler.update()
         else:
             self.model_backward(loss)
+            self._average_gradients()
             self.transform_gradients()
             self.model_update(names)
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
+
+    def _average_gradients(self) -> None:
+        """Distributed runs: each learnable gradient becomes the mean over every rank's items (one all-reduce)."""
+        if not ddp.is_distributed():
+            return
+        grads = [p.grad for _, p in self.learnable_parameters() if p.grad is not None]
+        ddp.all_reduce_mean_(grads, weight=getattr(self, "_local_n", 1))
 
     def learnable_parameters(self) -> List[Tuple[str, nn.Parameter]]:
         """``(qualified name, parameter)`` of every parameter an optimizer steps, in registration order."""
@@ -446,7 +495,7 @@ class PromptTrainer(TrainerX):
         return result
 
     def write_results_record(self, split: str) -> Dict[str, Any]:
-        """Append one JSON line for this evaluation to ``OUTPUT_DIR/results.jsonl``."""
+        """Append one JSON line for this evaluation to ``OUTPUT_DIR/results.jsonl`` (rank 0 only)."""
         cfg = self.cfg
         record = {
             "time": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -467,6 +516,8 @@ class PromptTrainer(TrainerX):
             "config_hash": config_hash(cfg),
             "git_sha": git_sha(),
         }
+        if not ddp.is_main():
+            return record
         path = osp.join(cfg.OUTPUT_DIR, "results.jsonl")
         old = open(path).read() if osp.exists(path) else ""
         if old and not old.endswith("\n"):
@@ -497,6 +548,9 @@ class PromptTrainer(TrainerX):
                    model_name: str = "") -> None:
         """Dassl's layout (``<directory>/<learner>/model.pth.tar-<epoch>``), holding only each learner's state
         (its parameters; no frozen CLIP weights) plus ``meta`` (method, backbone, class names, config hash)."""
+        if not ddp.is_main():  # rank 0 writes; the others wait until the files exist
+            ddp.barrier()
+            return
         meta = self.checkpoint_meta()
         run_state = {"rng": rng_state(), "scaler": self._scaler.state_dict() if self._scaler is not None else None,
                      "nonfinite_skipped": getattr(self, "_nonfinite_skipped", 0)}
@@ -504,6 +558,11 @@ class PromptTrainer(TrainerX):
             save_checkpoint(checkpoint_dict(self._models[name], self._optims[name], self._scheds[name], epoch + 1,
                                             val_result, meta=meta, run_state=run_state),
                             osp.join(directory, name), is_best=is_best, model_name=model_name)
+        ddp.barrier()
+
+    def init_writer(self, log_dir: str) -> None:
+        if ddp.is_main():  # one TensorBoard writer per run
+            super().init_writer(log_dir)
 
     def resume_model_if_exist(self, directory: str) -> int:
         """Dassl's resume (models, optimizers, schedulers), plus the random states, the grad scaler and the counters
@@ -625,6 +684,21 @@ class PromptTrainer(TrainerX):
             for n in names:
                 self.write_scalar(f"train/lr_{n}", self._optims[n].param_groups[0]["lr"], self.epoch)
         super().after_epoch()
+
+
+def merge_evaluations(evaluator) -> None:
+    """Replace a Classification evaluator's accumulated predictions by those of every rank (sharded evaluation)."""
+    parts = ddp.gather_objects((evaluator._correct, evaluator._total, evaluator._y_true, evaluator._y_pred,
+                                dict(evaluator._per_class_res) if evaluator._per_class_res is not None else None))
+    evaluator._correct = sum(p[0] for p in parts)
+    evaluator._total = sum(p[1] for p in parts)
+    evaluator._y_true = [y for p in parts for y in p[2]]
+    evaluator._y_pred = [y for p in parts for y in p[3]]
+    if evaluator._per_class_res is not None:
+        evaluator._per_class_res.clear()
+        for p in parts:
+            for label, res in p[4].items():
+                evaluator._per_class_res[label].extend(res)
 
 
 def check_finite(x: Tensor, name: str) -> None:
