@@ -72,7 +72,11 @@ def run_cli(argv: List[str]) -> Tuple[int, str, str]:
     from promptot.engine.utils import Logger
     from promptot.errors import UserError, format_user_error
 
-    out, err = io.StringIO(), io.StringIO()
+    class Capture(io.StringIO):
+        def close(self) -> None:  # real Dassl's logger closes the stream it wraps; keep what was captured
+            pass
+
+    out, err = Capture(), io.StringIO()
     saved = sys.stdout
     sys.stdout = out
     code = 0
@@ -84,8 +88,8 @@ def run_cli(argv: List[str]) -> Tuple[int, str, str]:
                 print(format_user_error(e), file=sys.stderr)
                 code = 2
     finally:
-        if isinstance(sys.stdout, Logger):
-            sys.stdout.close()
+        if isinstance(sys.stdout, Logger) or (sys.stdout is not out and hasattr(sys.stdout, "console")):
+            sys.stdout.close()  # the log tee of either engine
         sys.stdout = saved
     return code, out.getvalue(), err.getvalue()
 
