@@ -49,6 +49,7 @@ def extend_cfg(cfg: CN) -> CN:
     cfg.DATASET.SKIP_CORRUPT = False  # opt-in: skip unreadable images and count them
     cfg.DATASET.FOLDER = ""  # ImageFolder: sub-folder of ROOT holding the user's images
     cfg.MODEL.BACKBONE.PATH = ""  # local CLIP weights (OpenAI .pt archive or state dict)
+    cfg.MODEL.TEXT_CHUNK = 0  # >0: encode prompts this many at a time, recomputed in backward (memory flat in C)
     cfg.TRAIN.NONFINITE = "stop"  # stop | skip: what a NaN/Inf loss or tensor does to a training step
     cfg.TRAIN.DETERMINISTIC = False  # opt-in: deterministic kernels, bit-identical reruns of a seed
     for node, cls in sorted(_TRAINER_CONFIGS.items()):
@@ -101,7 +102,8 @@ def validate_config(cfg: CN, trainer_cls: Optional[type] = None) -> None:
                             ("DATALOADER.TRAIN_X.BATCH_SIZE", cfg.DATALOADER.TRAIN_X.BATCH_SIZE, 1),
                             ("DATALOADER.TEST.BATCH_SIZE", cfg.DATALOADER.TEST.BATCH_SIZE, 1),
                             ("DATALOADER.NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, 0),
-                            ("OPTIM.WARMUP_EPOCH", cfg.OPTIM.WARMUP_EPOCH, -1)):
+                            ("OPTIM.WARMUP_EPOCH", cfg.OPTIM.WARMUP_EPOCH, -1),
+                            ("MODEL.TEXT_CHUNK", cfg.MODEL.TEXT_CHUNK, 0)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{key} must be a number >= {low}, got {value!r}")
     if isinstance(cfg.OPTIM.LR, (int, float)) and cfg.OPTIM.LR <= 0:

@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .clip import PromptedCLIP, TextOutput, VisionOutput, tokenize
 
@@ -86,6 +87,9 @@ class PromptModel(nn.Module):
         ti = self.prompt_learner.text_inputs() if self.prompt_learner is not None else None
         if ti is None:
             raise ValueError(f"{type(self).__name__}: the prompt learner has no text prompts")
+        chunk = int(getattr(self, "text_chunk", 0) or 0)
+        if chunk and ti.embeds.shape[0] > chunk and not hooks:
+            return encode_text_chunked(self.clip, ti, chunk, return_tokens)
         return self.clip.encode_text(ti.embeds, ti.token_ids, deep_prompts=ti.deep or None, deep_start=ti.deep_start,
                                      return_tokens=return_tokens, hooks=hooks)
 
@@ -143,6 +147,32 @@ class CosineModel(PromptModel):
 
     def logits(self, image: Tensor, text: Tensor) -> Tensor:
         return self.scale * image @ text.to(image.dtype).t()
+
+
+def encode_text_chunked(clip: PromptedCLIP, ti, chunk: int, return_tokens: bool = False) -> TextOutput:
+    """:meth:`PromptedCLIP.encode_text` over ``chunk`` prompts at a time; under autograd each chunk is recomputed in
+    backward (activation checkpointing), so the text tower keeps the activations of one chunk instead of all ``N*C``
+    prompts: training memory stops growing with the number of classes (``MODEL.TEXT_CHUNK``). Outputs equal the
+    unchunked call; returned tokens are zero-padded to the longest chunk (positions after EOT are padding anyway)."""
+    n = ti.embeds.shape[0]
+    outs = []
+    for s in range(0, n, chunk):
+        rows = slice(s, min(s + chunk, n))
+        deep = [d[rows] if d is not None and d.shape[0] == n else d for d in ti.deep]
+
+        def run(e: Tensor, i: Tensor, *dp: Tensor) -> TextOutput:
+            return clip.encode_text(e, i, deep_prompts=list(dp) or None, deep_start=ti.deep_start,
+                                    return_tokens=return_tokens)
+
+        args = (ti.embeds[rows], ti.token_ids[rows], *deep)
+        outs.append(checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args))
+    feats = torch.cat([o.features for o in outs])
+    eot = torch.cat([o.eot_index for o in outs])
+    if not return_tokens:
+        return TextOutput(features=feats, eot_index=eot)
+    length = max(o.tokens.shape[1] for o in outs)
+    toks = torch.cat([F.pad(o.tokens, (0, 0, 0, length - o.tokens.shape[1])) for o in outs])
+    return TextOutput(features=feats, tokens=toks, eot_index=eot)
 
 
 @torch.no_grad()

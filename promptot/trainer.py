@@ -216,6 +216,7 @@ class PromptTrainer(TrainerX):
         self.method_cfg = c = self.method_config()
         clip = self.build_typed_clip(c)
         self.model = self.compose(clip, c).to(self.device)
+        self.model.text_chunk = int(getattr(self.cfg.MODEL, "TEXT_CHUNK", 0))
         self._note_replaced_context_lengths(c)
         self.register_learners(c)
 

@@ -138,3 +138,32 @@ def test_cosine_model_with_frozen_text_is_zero_shot_clip(clip):
     torch.testing.assert_close(model(x), clip.logit_scale.exp() * img @ txt.t(), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="frozen_text"):
         CosineModel(clip)
+
+
+@pytest.mark.parametrize("return_tokens", [False, True])
+def test_chunked_text_encoding_equals_one_pass(clip, return_tokens):
+    """MODEL.TEXT_CHUNK: prompts encoded a chunk at a time (recomputed in backward) give the same features, tokens
+    and gradients as one pass, deep prompts included."""
+    mm = MultiModalPrompts(clip, NAMES + ["x", "a rather long class name here"], n_ctx=2, text_depth=3, text_sets=2,
+                           coupled=True)
+    model = PromptModel(clip, mm)
+    ref = model.encode_text_prompts(return_tokens=return_tokens)
+    def real(o):  # the tokens up to each prompt's EOT
+        keep = torch.arange(o.tokens.shape[1])[None, :] <= o.eot_index[:, None]
+        return (o.tokens * keep[..., None]).sum()
+
+    (ref.features.sum() + (real(ref) if return_tokens else 0)).backward()
+    params = [p for p in mm.parameters() if p.grad is not None]  # the text side's (couplings act on vision)
+    assert len(params) == 3
+    grads = [p.grad.clone() for p in params]
+    mm.zero_grad()
+    model.text_chunk = 3
+    out = model.encode_text_prompts(return_tokens=return_tokens)
+    torch.testing.assert_close(out.features, ref.features, rtol=1e-5, atol=1e-6)
+    if return_tokens:  # real positions (up to each prompt's EOT) are equal; later ones are padding either way
+        assert torch.equal(out.eot_index, ref.eot_index)
+        for row, eot in enumerate(ref.eot_index.tolist()):
+            torch.testing.assert_close(out.tokens[row, :eot + 1], ref.tokens[row, :eot + 1], rtol=1e-5, atol=1e-5)
+    (out.features.sum() + (real(out) if return_tokens else 0)).backward()
+    for g, p in zip(grads, params):
+        torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-4)  # fp32 sums in another order
