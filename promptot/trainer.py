@@ -557,8 +557,8 @@ def rename_state(state: Mapping[str, Tensor], rules: Sequence[KeyRule],
                     f"the checkpoint holds {key!r} (ours: {new!r}), which this model does not have: it was trained "
                     "with more prompt layers or other prompt options than this run's config; set the config the "
                     "checkpoint was trained with")
-            target = own.get(new)
-            if target is not None and target.shape != value.shape and target.numel() == value.numel():
+            target = own[new]
+            if target.shape != value.shape and target.numel() == value.numel():
                 value = value.reshape(target.shape)
             out[new] = value
             break
