@@ -364,6 +364,9 @@ def check_prompt_depth(clip: PromptedCLIP, key: str, depth: int, tower: str = "b
     """Raise a :class:`ConfigError` naming ``key`` when a prompt depth J (prompts in layers 0..J-1, the input
     counting as layer 0) exceeds the blocks of ``clip``'s ``tower``: ``"text"``, ``"vision"`` or ``"both"``."""
     check_choice("tower", tower, ("text", "vision", "both"))
+    if tower != "text" and depth > 0 and not clip.is_vit:
+        raise ConfigError(f"{key} is {depth}: visual prompts need a ViT backbone (e.g. ViT-B/16), this model has a "
+                          "ModifiedResNet image tower; use a ViT backbone or a vision prompt depth of 0")
     towers = {"text": clip.text_layers, "vision": clip.vision_layers}
     for name, layers in towers.items():
         if tower in (name, "both") and depth > layers:

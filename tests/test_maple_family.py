@@ -173,6 +173,13 @@ def test_no_context_and_no_depth_is_zero_shot_clip(trainer, toy_root, tmp_path, 
             torch.testing.assert_close(model(images), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_visual_prompts_on_a_resnet_are_a_config_error(toy_root, tmp_path, tiny_rn_path):
+    argv = base_args(toy_root, tmp_path / "o", "VPT", "configs/trainers/VPT/miniclip.yaml", tiny_rn_path) + \
+        tiny_opts(tiny_rn_path, size=64)
+    code, _, err = run_cli(argv)
+    assert code == 2 and "TRAINER.VPT.PROMPT_DEPTH_VISION" in err and "ViT" in err and "Traceback" not in err, err
+
+
 def test_nothing_to_learn_is_a_config_error(toy_root, tmp_path, tiny_vit_path):
     with pytest.raises(ConfigError, match="nothing to learn"):
         build_registered("VPT", toy_root, tmp_path, tiny_vit_path, extra=opts("VPT", NO_PROMPTS["VPT"][0]))
