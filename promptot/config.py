@@ -157,6 +157,19 @@ class TrainerConfig:
             if getattr(self, n) < minimum:
                 raise ConfigError(f"{self.key(n)} must be >= {minimum}, got {getattr(self, n)}")
 
+    def check_first_words_context(self, n_key: str, init_key: str = "CTX_INIT") -> None:
+        """MaPLe-style context (the first ``n`` words of the init are learnable, the rest stay fixed words): ``n``
+        must be >= 1 without an init and at most the init's word count with one."""
+        n, init = getattr(self, n_key), getattr(self, init_key).replace("_", " ").strip()
+        words = len(init.split()) if init else 0
+        if not init and n < 1:
+            raise ConfigError(f"{self.key(n_key)} must be >= 1 when {self.key(init_key)} is empty, got {n}")
+        if n < 0 or n > words > 0:
+            raise ConfigError(
+                f"{self.key(n_key)} must be between 0 and the {words} words of {self.key(init_key)} {init!r} (the "
+                f"first {n_key} words are learnable, the rest stay fixed), got {n}; for a random context of {n} tokens "
+                f"set {self.key(init_key)} \"\" (the reference code does that silently when {n_key} > 4)")
+
 
 @dataclasses.dataclass
 class PrecisionConfig(TrainerConfig):

@@ -177,9 +177,10 @@ def encode_text_chunked(clip: PromptedCLIP, ti, chunk: int, return_tokens: bool 
 
 @torch.no_grad()
 def template_features(clip: PromptedCLIP, classnames: Sequence[str], templates: Sequence[str],
-                      verbose: bool = True) -> Tensor:
+                      verbose: bool = True, normalize_each: bool = True) -> Tensor:
     """Hand-crafted class features ``[C, E]`` (fp32, normalised): for each template, the frozen CLIP's normalised
-    features of ``template.format(name)``; averaged over templates and normalised again (CoOp's ZeroshotCLIP2)."""
+    features of ``template.format(name)``; averaged over templates and normalised again (CoOp's ZeroshotCLIP2).
+    ``normalize_each=False`` averages the raw features before the one normalisation (PromptSRC's frozen features)."""
     device = clip.logit_scale.device
     names = [c.replace("_", " ") for c in classnames]
     feats = 0
@@ -187,5 +188,6 @@ def template_features(clip: PromptedCLIP, classnames: Sequence[str], templates: 
         if verbose:
             print(f"Prompt template: {t!r}")
         ids = tokenize([t.format(n) for n in names]).to(device)
-        feats = feats + F.normalize(clip.encode_text_ids(ids).float(), dim=-1)
+        f = clip.encode_text_ids(ids).float()
+        feats = feats + (F.normalize(f, dim=-1) if normalize_each else f)
     return F.normalize(feats, dim=-1)

@@ -266,7 +266,8 @@ class DeepPrompts(nn.Module):
                 raise ConfigError(
                     f"coupled visual prompts have the text prompts' length and depth ({n_ctx} tokens, depth {depth}); "
                     f"got {n_ctx_vision} tokens and depth {vision_depth} for the vision side")
-        if vision_depth > 0 and (n_ctx_vision < 1 or n_vis_sets < 1):
+        # coupled prompts may have 0 tokens (N_CTX 0 with the whole CTX_INIT fixed: zero-shot CLIP)
+        if not coupled and vision_depth > 0 and (n_ctx_vision < 1 or n_vis_sets < 1):
             raise ConfigError(f"visual prompts need >= 1 token and >= 1 set, got {n_ctx_vision} and {n_vis_sets}")
         self.n_ctx, self.depth, self.coupled, self.n_sets, self.n_vis_sets = n_ctx, depth, coupled, n_sets, n_vis_sets
         self.n_ctx_vision, self.vision_depth = n_ctx_vision, vision_depth
@@ -358,6 +359,20 @@ class MultiModalPrompts(nn.Module):
             return None
         shallow, deep = self.deep.visual(self.text_ctx() if self.deep.coupled else None)
         return VisionInputs(shallow, n_views=shallow.shape[0], deep=list(deep))
+
+
+def check_prompt_depth(clip: PromptedCLIP, key: str, depth: int, tower: str = "both") -> None:
+    """Raise a :class:`ConfigError` naming ``key`` when a prompt depth J (prompts in layers 0..J-1, the input
+    counting as layer 0) exceeds the blocks of ``clip``'s ``tower``: ``"text"``, ``"vision"`` or ``"both"``."""
+    check_choice("tower", tower, ("text", "vision", "both"))
+    if tower != "text" and depth > 0 and not clip.is_vit:
+        raise ConfigError(f"{key} is {depth}: visual prompts need a ViT backbone (e.g. ViT-B/16), this model has a "
+                          "ModifiedResNet image tower; use a ViT backbone or a vision prompt depth of 0")
+    towers = {"text": clip.text_layers, "vision": clip.vision_layers}
+    for name, layers in towers.items():
+        if tower in (name, "both") and depth > layers:
+            raise ConfigError(f"{key} is {depth} but the backbone's {name} transformer has {layers} layers; "
+                              f"use a depth between 0 and {layers} (prompts in layers 0..depth-1)")
 
 
 class MetaNet(nn.Sequential):

@@ -15,9 +15,10 @@ import json
 import os
 import os.path as osp
 import random
+import re
 import subprocess
 from collections import Counter
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -556,8 +557,12 @@ class PromptTrainer(TrainerX):
         run_state = {"rng": rng_state(), "scaler": self._scaler.state_dict() if self._scaler is not None else None,
                      "nonfinite_skipped": getattr(self, "_nonfinite_skipped", 0)}
         for name in self.get_model_names():
+            extra: Dict[str, Any] = {"meta": meta, "run_state": run_state}
+            learner_state = self.learner_state(name)
+            if learner_state is not None:
+                extra["learner_state"] = learner_state
             save_checkpoint(checkpoint_dict(self._models[name], self._optims[name], self._scheds[name], epoch + 1,
-                                            val_result, meta=meta, run_state=run_state),
+                                            val_result, **extra),
                             osp.join(directory, name), is_best=is_best, model_name=model_name)
         ddp.barrier()
 
@@ -565,31 +570,56 @@ class PromptTrainer(TrainerX):
         if ddp.is_main():  # one TensorBoard writer per run
             super().init_writer(log_dir)
 
+    def learner_state(self, name: str) -> Optional[Dict[str, Any]]:
+        """Hook: training state of learner ``name`` that is not a parameter but must survive a resume (e.g.
+        PromptSRC's running prompt aggregate). Saved beside the optimizer state under ``learner_state`` in each of
+        the learner's checkpoints and handed back to :meth:`load_learner_state` on resume. Default: none."""
+        return None
+
+    def load_learner_state(self, name: str, state: Dict[str, Any]) -> None:
+        """Hook: restore what :meth:`learner_state` saved for learner ``name`` (called on resume only)."""
+
     def resume_model_if_exist(self, directory: str) -> int:
-        """Dassl's resume (models, optimizers, schedulers), plus the random states, the grad scaler and the counters
-        saved with the checkpoint, so that a resumed run continues exactly as the uninterrupted one would."""
-        start = super().resume_model_if_exist(directory)
-        if start > 0:
-            name = self.get_model_names()[0]
-            with open(osp.join(directory, name, "checkpoint")) as f:
-                fname = f.readline().strip()
-            state = load_checkpoint(osp.join(directory, name, fname)).get("run_state")
-            if state is None:
+        """The engine's resume (parameters, optimizer, scheduler), then each learner's :meth:`learner_state`, the random
+        states, the grad scaler and the counters saved with the checkpoint, so that a resumed run continues exactly as
+        the uninterrupted one would."""
+        start_epoch = super().resume_model_if_exist(directory)
+        if start_epoch > 0:
+            run_state = None
+            for name in self.get_model_names():
+                sub = osp.join(directory, name)
+                with open(osp.join(sub, "checkpoint")) as f:
+                    checkpoint = load_checkpoint(osp.join(sub, f.readline().strip()))
+                if checkpoint.get("learner_state") is not None:
+                    self.load_learner_state(name, checkpoint["learner_state"])
+                run_state = run_state or checkpoint.get("run_state")
+            if run_state is None:
                 print("WARNING: this checkpoint holds no random states (written by promptot < 0.2): the resumed run "
                       "draws other batches than an uninterrupted one would")
             else:
-                set_rng_state(state["rng"])
-                if self._scaler is not None and state.get("scaler"):
-                    self._scaler.load_state_dict(state["scaler"])
-                self._nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
-        return start
+                set_rng_state(run_state["rng"])
+                if self._scaler is not None and run_state.get("scaler"):
+                    self._scaler.load_state_dict(run_state["scaler"])
+                self._nonfinite_skipped = int(run_state.get("nonfinite_skipped", 0))
+        return start_epoch
 
     #: state-dict key suffixes never loaded (class-dependent buffers that reference checkpoints stored)
     transient_keys = ("token_prefix", "token_suffix")
+    #: learner name -> other sub-folder names :meth:`load_model` accepts for it when ``<model-dir>/<name>/`` is
+    #: absent (the folders official code bases register their models under, e.g. MaPLe's
+    #: ``MultiModalPromptLearner``), so ``--model-dir`` also reads their released weights
+    checkpoint_aliases: Dict[str, Tuple[str, ...]] = {}
+
+    #: ``(regex, replacement)`` rules from the key names of the method's reference code base to ours (see
+    #: :func:`rename_state`): a checkpoint with a key matching a rule is renamed, promptot's own load as they are
+    official_keys: Sequence["KeyRule"] = ()
 
     def convert_checkpoint_state(self, name: str, state: Dict[str, Tensor], meta: Dict[str, Any]) -> Dict[str, Tensor]:
         """Hook: map a loaded state dict to this model's key names (e.g. an official repository's names). Default:
-        unchanged."""
+        a checkpoint of the reference code (a key matches :attr:`official_keys`) goes through :func:`rename_state`;
+        any other is unchanged."""
+        if any(re.fullmatch(pattern, k) for pattern, _ in self.official_keys for k in state):
+            return rename_state(state, self.official_keys, self._models[name].state_dict())
         return state
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
@@ -610,6 +640,10 @@ class PromptTrainer(TrainerX):
         model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
         for name in self.get_model_names():
             sub = osp.join(directory, name)
+            for alias in self.checkpoint_aliases.get(name, ()):
+                if not osp.isdir(sub) and osp.isdir(osp.join(directory, alias)):
+                    print(f"Note: no '{name}/' folder in {directory}; reading the official layout's '{alias}/'")
+                    sub = osp.join(directory, alias)
             path = osp.join(sub, model_file)
             if not osp.exists(path):
                 have = sorted(f for f in os.listdir(sub) if f.startswith("model")) if osp.isdir(sub) else []
@@ -711,3 +745,39 @@ def check_finite(x: Tensor, name: str) -> None:
 
 def cfg_name(trainer) -> str:
     return trainer.cfg.TRAINER.NAME or type(trainer).__name__
+
+
+KeyRule = Tuple[str, Union[str, Callable[["re.Match[str]"], str]]]
+
+
+def rename_state(state: Mapping[str, Tensor], rules: Sequence[KeyRule],
+                 own: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Map another code base's state dict onto ours (for :meth:`PromptTrainer.convert_checkpoint_state`).
+
+    Each key is matched in full against ``rules`` (``(regex, replacement)`` pairs; the replacement is a
+    :func:`re.sub` template or a function of the match; the first matching rule wins). Keys no rule matches are
+    dropped: official checkpoints of the MaPLe family hold the whole model, frozen CLIP included. A value whose
+    target in ``own`` (this learner's ``state_dict()``) has the same number of elements but another shape is
+    reshaped (e.g. an official ``[n, D]`` prompt onto our ``[1, n, D]`` prompt set); dtypes follow on load. A
+    mapped key this model lacks raises (e.g. an official checkpoint with deeper prompts than this run's config).
+    """
+    out: Dict[str, Tensor] = {}
+    for key, value in state.items():
+        for pattern, repl in rules:
+            m = re.fullmatch(pattern, key)
+            if m is None:
+                continue
+            new = m.expand(repl) if isinstance(repl, str) else repl(m)
+            if new in out:
+                raise CheckpointMismatchError(f"checkpoint keys map twice onto {new!r} (second: {key!r})")
+            if new not in own:
+                raise CheckpointMismatchError(
+                    f"the checkpoint holds {key!r} (ours: {new!r}), which this model does not have: it was trained "
+                    "with more prompt layers or other prompt options than this run's config; set the config the "
+                    "checkpoint was trained with")
+            target = own[new]
+            if target.shape != value.shape and target.numel() == value.numel():
+                value = value.reshape(target.shape)
+            out[new] = value
+            break
+    return out

@@ -5,13 +5,13 @@
 # For seeds 1-3: train on the base classes (16 shots; its final test is the base accuracy), then evaluate the
 # saved prompts of epoch LOADEP on the new classes. Output dirs follow CoCoOp's scripts:
 #   $OUT/base2new/train_base/DATASET/shots_16/TRAINER/CFG/seedS and .../test_new/... ; then a summary with H.
-# Run from the repository root; DATA and OUT come from the environment. A finished run is skipped, a crashed one
-# resumes (see scripts/finished.sh).
+# Run from the repository root; DATA and OUT come from the environment (SEEDS="1" runs seed 1 only). A finished
+# run is skipped, a crashed one resumes (see scripts/finished.sh).
 set -e
 DATA=${DATA:-/path/to/datasets}; OUT=${OUT:-output}
 TRAINER=$1; CFG=$2; DATASET=$3; LOADEP=$4; shift 4
 source "$(dirname "$0")/finished.sh"
-for SEED in 1 2 3; do
+for SEED in ${SEEDS:-1 2 3}; do
   TAIL=$DATASET/shots_16/$TRAINER/$CFG/seed$SEED
   BASE=$OUT/base2new/train_base/$TAIL; NEW=$OUT/base2new/test_new/$TAIL
   COMMON=(--root "$DATA" --seed $SEED --trainer $TRAINER --dataset-config-file configs/datasets/$DATASET.yaml

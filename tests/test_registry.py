@@ -14,7 +14,8 @@ TRAINING = [n for n in NAMES if plugin_trainers()[n].trains]
 
 
 def test_registry_holds_the_project_trainers():
-    assert {"ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "PLOT", "PLOTPP", "ALIGN"} <= set(NAMES)
+    assert {"ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "PLOT", "PLOTPP", "ALIGN", "MaPLe", "IVLP", "VPT",
+            "PromptSRC"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
