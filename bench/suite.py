@@ -144,11 +144,11 @@ def bench_eval_cache(device: str, scale: str, repeats: int) -> Dict[str, Any]:
 
 
 def _class_folder(root: Path, n_cls: int, side: int) -> Path:
-    """An ImageFolder dataset of ``n_cls`` classes with 2 training and 1 test image each (flat colours)."""
+    """An ImageFolder dataset of ``n_cls`` classes with 2 training, 1 val and 1 test image each (flat colours)."""
     from PIL import Image
 
     names = [n.replace("/", " ").replace(" ", "_") for n in imagenet_names(n_cls)]
-    for split, k in (("train", 2), ("test", 1)):
+    for split, k in (("train", 2), ("val", 1), ("test", 1)):
         for c, name in enumerate(names):
             d = root / f"c{n_cls}" / split / f"{c:04d}_{name}"
             d.mkdir(parents=True, exist_ok=True)
@@ -160,6 +160,7 @@ def _class_folder(root: Path, n_cls: int, side: int) -> Path:
 
 def _build(trainer: str, data: Path, folder: str, clip_path: str, out: Path, extra: List[str]):
     import train
+    import trainers  # noqa: F401  (registers the trainers)
     from promptot.engine import TRAINER_REGISTRY, build_trainer, set_random_seed
 
     cls = TRAINER_REGISTRY.get(trainer)
@@ -268,7 +269,7 @@ def bench_throughput(device: str, steps: int = 5, only: Optional[List[str]] = No
         # 10 Fashion-MNIST class folders of random 32-px images stand in for the embedded default's data
         from PIL import Image
 
-        for split in ("train", "test"):
+        for split in ("train", "val", "test"):
             for c, name in enumerate(CLASSNAMES):
                 d = root / "fm" / split / name.replace(" ", "_")
                 d.mkdir(parents=True, exist_ok=True)

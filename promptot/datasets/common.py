@@ -238,9 +238,14 @@ def split_trainval(trainval: List, p_val: float = 0.2) -> Tuple[List, List]:
     for idx, item in enumerate(trainval):
         tracker[_unpack(item)[1]].append(idx)
     train, val = [], []
-    for _, idxs in tracker.items():
+    for label, idxs in tracker.items():
         n_val = round(len(idxs) * p_val)
-        assert n_val > 0, "a class has too few images to hold out a validation item"
+        if n_val == 0:
+            name = _unpack(trainval[idxs[0]])[2]
+            raise DatasetLayoutError(
+                f"class {name!r} (label {label}) has {len(idxs)} training image(s): too few to hold out a validation "
+                f"image ({p_val:.0%} rounds to 0). Add images, or give the split explicitly (a val/ folder, or a "
+                "split file).")
         random.shuffle(idxs)
         for n, idx in enumerate(idxs):
             (val if n < n_val else train).append(trainval[idx])
