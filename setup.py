@@ -17,8 +17,7 @@ setup(
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
-        "open_clip_torch>=2.20",
-        "POT>=0.9",
+        "open_clip_torch>=2.23",  # CLIP.text_pool_type and the ViT pooling attributes promptot.clip.prompted reads
         "yacs>=0.1.8",
         "tqdm",
         "tabulate",
@@ -29,6 +28,8 @@ setup(
         "scipy",
         "tensorboard",
     ],
-    extras_require={"dev": ["pytest>=7"], "slurm": ["submitit>=1.5"]},
-    entry_points={"console_scripts": ["promptot-datasets=promptot.datasets.__main__:main"]},
+    # POT is the reference the OT tests compare against; the library itself does not import it.
+    extras_require={"dev": ["pytest>=7", "POT>=0.9", "hypothesis>=6"],
+                    "slurm": ["submitit>=1.5"]},  # python -m promptot.sweep --slurm-backend submitit
+    entry_points={"console_scripts": ["promptot-datasets=promptot.datasets.__main__:cli"]},
 )

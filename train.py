@@ -7,19 +7,30 @@ Unlike the reference script, ``--seed 0`` is a real seed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import os.path as osp
 import sys
+import time
 
-import torch
+from promptot.errors import UserError
+from promptot.fileio import atomic_write_text
 
-import promptot.datasets as promptot_datasets
-import promptot.engine as engine
-from promptot.config import config_hash, extend_cfg
-from promptot.errors import UserError, format_user_error, user_error_types
+# torch, the engine and the trainers are imported by load_plugins(), after the arguments are parsed, so that
+# `train.py --help` and argument errors answer at once.
+engine = None
 
-import datasets  # noqa: F401  (registers the dataset classes)
-import trainers  # noqa: F401  (registers the trainer classes)
+
+def load_plugins():
+    """Import the engine (real Dassl or built-in), the dataset classes and the trainers (registering them)."""
+    global engine
+    import promptot.engine as _engine
+
+    import datasets  # noqa: F401  (registers the dataset classes)
+    import trainers  # noqa: F401  (registers the trainer classes)
+
+    engine = _engine
+    return _engine
 
 
 def print_args(args, cfg) -> None:
@@ -69,6 +80,14 @@ def _merge_file(cfg, path: str, what: str) -> None:
 
 
 def setup_cfg(args):
+    load_plugins()
+    from promptot.config import extend_cfg
+
+    flags = [o for o in args.opts if o.startswith("--")]
+    if flags:
+        raise UserError(f"Command-line flags must come before the KEY VALUE overrides, but {flags[0]} comes after "
+                        f"them: move {' '.join(flags)} before the first KEY (e.g. `train.py --output-dir OUT ... "
+                        "DATASET.NUM_SHOTS 16`).")
     cfg = engine.get_cfg_default()
     extend_cfg(cfg)
     if args.dataset_config_file:
@@ -82,12 +101,26 @@ def setup_cfg(args):
         cfg.merge_from_list(args.opts)
     except (KeyError, ValueError, AssertionError) as e:
         raise UserError(f"Bad KEY VALUE option: {e}") from e
+    if cfg.DATASET.NAME and cfg.DATASET.NAME not in engine.DATASET_REGISTRY.registered_names():
+        # a config stem or any-case spelling of a built-in dataset ("eurosat", "fashion_mnist_shift") is accepted
+        from promptot.datasets.names import UnknownDatasetError, resolve_name
+
+        try:
+            cfg.DATASET.NAME = resolve_name(cfg.DATASET.NAME)
+        except UnknownDatasetError:
+            pass  # main() lists the registered names, user modules included
     cfg.freeze()
     return cfg
 
 
 def main(args) -> None:
     cfg = setup_cfg(args)
+    import torch
+
+    import promptot.datasets as promptot_datasets
+    import trainers
+    from promptot.config import config_hash
+
     names = engine.TRAINER_REGISTRY.registered_names()
     if cfg.TRAINER.NAME not in names:
         from promptot.engine.registry import unknown_name_message
@@ -103,21 +136,68 @@ def main(args) -> None:
         raise UserError(unknown_name_message("dataset", cfg.DATASET.NAME or "(none)", ours,
                                              hint="Pass --dataset-config-file configs/datasets/<name>.yaml, or "
                                                   "register your own class in a module under datasets/."))
+    if not cfg.DATASET.ROOT:
+        raise UserError("No dataset root: pass --root DATA (the folder that holds the datasets; the Fashion-MNIST "
+                        "datasets are written there on first use). It must not be left empty, so that no dataset is "
+                        "built inside the current directory by accident.")
+    from promptot.config import validate_config
+
+    validate_config(cfg, engine.TRAINER_REGISTRY.get(cfg.TRAINER.NAME))  # before any data or model is built
+
+    from promptot import distributed as ddp
+
+    if ddp.init_from_env(use_cuda=cfg.USE_CUDA):  # launched by torchrun with several processes
+        if engine.ENGINE == "dassl":
+            raise UserError("Real Dassl has no distributed training: run the K processes on the built-in engine "
+                            "(PROMPTOT_ENGINE=builtin torchrun ...), or one process under Dassl.")
+        if not ddp.is_main():  # rank 0 prints, logs and writes; the other ranks compute and stay quiet
+            sys.stdout = open(os.devnull, "w")
+    from promptot.runlock import RunLock
+
+    lock = RunLock(cfg.OUTPUT_DIR) if ddp.is_main() else contextlib.nullcontext()
+    with lock:  # one writer per run directory; refuses a live owner, takes over a dead one
+        try:
+            run(cfg, args, torch, config_hash)
+        finally:
+            if ddp.is_distributed():
+                torch.distributed.destroy_process_group()
+
+
+def run(cfg, args, torch, config_hash) -> None:
+    """The run itself, inside the output directory's lock."""
+    if cfg.TRAIN.DETERMINISTIC:
+        # Bit-identical reruns: deterministic kernels everywhere (cuBLAS needs its workspace setting before CUDA starts)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available() and cfg.USE_CUDA:
+        torch.backends.cudnn.benchmark = True
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         engine.set_random_seed(cfg.SEED)
-    engine.setup_logger(cfg.OUTPUT_DIR)
+    from promptot import distributed as ddp
+
+    if ddp.is_main():
+        engine.setup_logger(cfg.OUTPUT_DIR)
     print(f"promptot engine: {engine.ENGINE} (set PROMPTOT_ENGINE=auto|dassl|builtin to choose)")
-    if torch.cuda.is_available() and cfg.USE_CUDA:
-        torch.backends.cudnn.benchmark = True
     print_args(args, cfg)
     print("Collecting env info ...")
     print(f"** System info **\n{engine.collect_env_info()}\n")
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    with open(osp.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-        f.write(f"# config_hash: {config_hash(cfg)}\n{cfg.dump()}")
+    config_path = osp.join(cfg.OUTPUT_DIR, "config.yaml")
+    if args.eval_only and osp.exists(config_path):
+        # an evaluation into an existing run directory keeps that run's config (its training record)
+        config_path = osp.join(cfg.OUTPUT_DIR, time.strftime("config-eval-%Y%m%d-%H%M%S.yaml"))
+        print(f"{osp.join(cfg.OUTPUT_DIR, 'config.yaml')} is kept; this evaluation's config goes to {config_path}")
+    config_text = f"# config_hash: {config_hash(cfg)}\n{cfg.dump()}"
+    if ddp.is_main():
+        atomic_write_text(config_path, config_text)
 
     trainer = engine.build_trainer(cfg)
+    effective = getattr(trainer, "effective", {})
+    if effective and ddp.is_main():
+        notes = "".join(f"# effective: {k}: {v!r} ({why})\n" for k, (v, why) in effective.items())
+        atomic_write_text(config_path, config_text + notes)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
@@ -149,10 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    try:
-        main(build_parser().parse_args())
-    except Exception as e:  # noqa: BLE001 - user errors get one paragraph, bugs keep their traceback
-        if not isinstance(e, user_error_types()):
-            raise
-        print(format_user_error(e), file=sys.stderr)
-        sys.exit(2)
+    from promptot.cli import run_main
+
+    run_main(lambda: main(build_parser().parse_args()))

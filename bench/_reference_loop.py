@@ -1,7 +1,7 @@
 """Loop baseline for the hierarchical OT head, structured like the official ALIGN code (``trainers/mmp.py``).
 
-Written for this project from the description in ``shared/spec/ot_methods.md`` §1, §5.2 and ``performance.md`` §4
-(no reference code copied). It is deliberately the *slow* structure:
+Written for this project from a description of that code (docs/notation.md#sinkhorn, #align-reference; no reference
+code copied). It is deliberately the *slow* structure:
 
 - a Python double loop over images b and classes c; per pair one einsum ``[M, P, D] x [N, L_c, D] -> [M·N, P, L_c]``
   on the class's own (unpadded) token length;

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Dict, Iterable, Type, TypeVar
+from typing import Any, Dict, Iterable, Optional, Type, TypeVar
 
 from yacs.config import CfgNode as CN
 
+from .dassl_nodes import DASSL_TRAINER_DEFAULTS
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -49,6 +50,9 @@ def extend_cfg(cfg: CN) -> CN:
     cfg.DATASET.SKIP_CORRUPT = False  # opt-in: skip unreadable images and count them
     cfg.DATASET.FOLDER = ""  # ImageFolder: sub-folder of ROOT holding the user's images
     cfg.MODEL.BACKBONE.PATH = ""  # local CLIP weights (OpenAI .pt archive or state dict)
+    cfg.MODEL.TEXT_CHUNK = 0  # >0: encode prompts this many at a time, recomputed in backward (memory flat in C)
+    cfg.TRAIN.NONFINITE = "stop"  # stop | skip: what a NaN/Inf loss or tensor does to a training step
+    cfg.TRAIN.DETERMINISTIC = False  # opt-in: deterministic kernels, bit-identical reruns of a seed
     for node, cls in sorted(_TRAINER_CONFIGS.items()):
         sub = CN()
         for f in dataclasses.fields(cls):
@@ -63,40 +67,74 @@ def extend_cfg(cfg: CN) -> CN:
     return cfg
 
 
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
 def resolve(cfg: CN, cls: Type[T]) -> T:
-    """Build the typed config ``cls`` from ``cfg.TRAINER.<cls.CFG_NODE>``."""
+    """Build the typed, validated config ``cls`` from ``cfg.TRAINER.<cls.CFG_NODE>``; a value of the wrong type
+    raises a :class:`ConfigError` naming the key."""
     node = getattr(cfg.TRAINER, cls.CFG_NODE)  # type: ignore[attr-defined]
-    return cls(**{f.name: node[f.name] for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+    values = {}
+    for f in dataclasses.fields(cls):
+        v = node[f.name]
+        allowed = _TYPES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        if allowed and (not isinstance(v, allowed) or (bool not in allowed and isinstance(v, bool))):
+            raise ConfigError(f"TRAINER.{cls.CFG_NODE}.{f.name} must be a {f.type}, got {v!r}")  # type: ignore
+        values[f.name] = v
+    return cls(**values)  # type: ignore[arg-type]
 
 
-#: Sub-nodes that Dassl's own ``get_cfg_default()`` declares under ``TRAINER`` for its built-in DA/DG/SSL trainers
-#: (Dassl.pytorch c61a1b5, ``dassl/config/defaults.py``; 44 keys). The built-in engine declares them too, so a
-#: yaml or ``KEY VALUE`` option written for Dassl merges under both engines; no promptot trainer reads them, and
-#: :func:`config_hash` leaves them out.
-DASSL_TRAINER_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "MCD": {"N_STEP_F": 4},
-    "MME": {"LMDA": 0.1},
-    "CDAC": {"CLASS_LR_MULTI": 10, "RAMPUP_COEF": 30, "RAMPUP_ITRS": 1000, "TOPK_MATCH": 5, "P_THRESH": 0.95,
-             "STRONG_TRANSFORMS": ()},
-    "SE": {"EMA_ALPHA": 0.999, "CONF_THRE": 0.95, "RAMPUP": 300},
-    "M3SDA": {"LMDA": 0.5, "N_STEP_F": 4},
-    "DAEL": {"WEIGHT_U": 0.5, "CONF_THRE": 0.95, "STRONG_TRANSFORMS": ()},
-    "CROSSGRAD": {"EPS_F": 1.0, "EPS_D": 1.0, "ALPHA_F": 0.5, "ALPHA_D": 0.5},
-    "DDAIG": {"G_ARCH": "", "LMDA": 0.3, "CLAMP": False, "CLAMP_MIN": -1.0, "CLAMP_MAX": 1.0, "WARMUP": 0,
-              "ALPHA": 0.5},
-    "DAELDG": {"WEIGHT_U": 0.5, "CONF_THRE": 0.95, "STRONG_TRANSFORMS": ()},
-    "DOMAINMIX": {"TYPE": "crossdomain", "ALPHA": 1.0, "BETA": 1.0},
-    "ENTMIN": {"LMDA": 1e-3},
-    "MEANTEACHER": {"WEIGHT_U": 1.0, "EMA_ALPHA": 0.999, "RAMPUP": 5},
-    "MIXMATCH": {"WEIGHT_U": 100.0, "TEMP": 2.0, "MIXUP_BETA": 0.75, "RAMPUP": 20000},
-    "FIXMATCH": {"WEIGHT_U": 1.0, "CONF_THRE": 0.95, "STRONG_TRANSFORMS": ()},
-}
+def validate_config(cfg: CN, trainer_cls: Optional[type] = None) -> None:
+    """Check a merged config before any data or model is built; every problem is a :class:`ConfigError` naming the
+    key and the allowed values. Checks the trainer's typed config (``trainer_cls.config_class``) and the engine keys
+    promptot relies on."""
+    from .engine import ENGINE
+    from .engine.optim import AVAI_OPTIMS, AVAI_SCHEDS
+
+    if trainer_cls is not None and getattr(trainer_cls, "config_class", None) is not None:
+        resolve(cfg, trainer_cls.config_class)
+    check_choice("OPTIM.NAME", cfg.OPTIM.NAME, AVAI_OPTIMS)
+    check_choice("OPTIM.LR_SCHEDULER", cfg.OPTIM.LR_SCHEDULER, AVAI_SCHEDS)
+    check_choice("OPTIM.WARMUP_TYPE", cfg.OPTIM.WARMUP_TYPE, ("constant", "linear"))
+    check_choice("DATASET.SUBSAMPLE_CLASSES", cfg.DATASET.SUBSAMPLE_CLASSES, ("all", "base", "new"))
+    check_choice("TRAIN.NONFINITE", cfg.TRAIN.NONFINITE, ("stop", "skip"))
+    check_choice("TEST.FINAL_MODEL", cfg.TEST.FINAL_MODEL, ("last_step", "best_val"))
+    for key, value, low in (("OPTIM.MAX_EPOCH", cfg.OPTIM.MAX_EPOCH, 1), ("OPTIM.LR", cfg.OPTIM.LR, 0),
+                            ("DATALOADER.TRAIN_X.BATCH_SIZE", cfg.DATALOADER.TRAIN_X.BATCH_SIZE, 1),
+                            ("DATALOADER.TEST.BATCH_SIZE", cfg.DATALOADER.TEST.BATCH_SIZE, 1),
+                            ("DATALOADER.NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, 0),
+                            ("OPTIM.WARMUP_EPOCH", cfg.OPTIM.WARMUP_EPOCH, -1),
+                            ("MODEL.TEXT_CHUNK", cfg.MODEL.TEXT_CHUNK, 0)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{key} must be a number >= {low}, got {value!r}")
+    if isinstance(cfg.OPTIM.LR, (int, float)) and cfg.OPTIM.LR <= 0:
+        raise ConfigError(f"OPTIM.LR must be > 0, got {cfg.OPTIM.LR}")
+    size = tuple(cfg.INPUT.SIZE)
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+        raise ConfigError(f"INPUT.SIZE must be two positive integers, e.g. (224, 224), got {cfg.INPUT.SIZE!r}")
+    if ENGINE == "builtin":
+        from .engine.data import AVAI_CHOICES
+
+        for tf in cfg.INPUT.TRANSFORMS:
+            check_choice("INPUT.TRANSFORMS entries", tf, AVAI_CHOICES)
+    if not cfg.MODEL.BACKBONE.PATH:
+        from .clip.loader import expected_image_size
+        from .miniclip import register as register_miniclip
+
+        register_miniclip()
+
+        want = expected_image_size(cfg.MODEL.BACKBONE.NAME)
+        if want is not None and size[0] != want:
+            raise ConfigError(f"INPUT.SIZE is {size} but {cfg.MODEL.BACKBONE.NAME} expects {want}x{want} images; set "
+                              f"INPUT.SIZE ({want}, {want}).")
+
 
 #: Keys that say where a run reads and writes or how it is executed, not what it computes: the same job run on
 #: another machine (data root), into another folder, on CPU or GPU, with other loader workers, log or
-#: checkpoint frequency has the same hash (so a crashed job may be resumed with ``TRAIN.CHECKPOINT_FREQ 1``).
+#: checkpoint frequency, deterministic kernels or chunked text encoding (equal outputs) has the same hash (so a
+#: crashed job may be resumed with ``TRAIN.CHECKPOINT_FREQ 1``, or with ``MODEL.TEXT_CHUNK`` to fit in memory).
 RUNTIME_KEYS = ("OUTPUT_DIR", "RESUME", "DATASET.ROOT", "VERBOSE", "USE_CUDA", "DATALOADER.NUM_WORKERS",
-                "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ")
+                "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ", "TRAIN.DETERMINISTIC", "MODEL.TEXT_CHUNK")
 
 #: Trainers whose ``TRAINER.<node>`` is not their upper-cased name.
 TRAINER_NODE_ALIASES = {"ZEROSHOTCLIP": "ZSCLIP", "ZEROSHOTCLIP2": "ZSCLIP"}
@@ -151,15 +189,83 @@ def config_from_yaml(path: str) -> CN:
 
 
 def check_choice(name: str, value: Any, choices) -> None:
-    """Raise a ValueError naming the config key, the bad value and the allowed ones."""
+    """Raise a :class:`ConfigError` naming the config key, the bad value and the allowed ones."""
     if value not in choices:
         raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-def check_ot_options(node: str, stop: str, domain: str, grad: str) -> None:
-    """Validate the Sinkhorn options a trainer exposes as ``TRAINER.<node>.{STOP, DOMAIN, GRAD}``."""
-    from .ot import DOMAINS, GRADS, STOPS
+# --------------------------------------------------------------------------------------------- shared bases
+class TrainerConfig:
+    """Base of the typed trainer configs: ``key("N_CTX")`` gives the full key name for messages."""
 
-    check_choice(f"TRAINER.{node}.STOP", stop, STOPS)
-    check_choice(f"TRAINER.{node}.DOMAIN", domain, DOMAINS)
-    check_choice(f"TRAINER.{node}.GRAD", grad, GRADS)
+    CFG_NODE = "?"
+
+    def key(self, name: str) -> str:
+        return f"TRAINER.{type(self).CFG_NODE}.{name}"
+
+    def check_positive(self, *names: str, minimum: int = 1) -> None:
+        """Raise a :class:`ConfigError` for the first of ``names`` below ``minimum``."""
+        for n in names:
+            if getattr(self, n) < minimum:
+                raise ConfigError(f"{self.key(n)} must be >= {minimum}, got {getattr(self, n)}")
+
+    def check_first_words_context(self, n_key: str, init_key: str = "CTX_INIT") -> None:
+        """MaPLe-style context (the first ``n`` words of the init are learnable, the rest stay fixed words): ``n``
+        must be >= 1 without an init and at most the init's word count with one."""
+        n, init = getattr(self, n_key), getattr(self, init_key).replace("_", " ").strip()
+        words = len(init.split()) if init else 0
+        if not init and n < 1:
+            raise ConfigError(f"{self.key(n_key)} must be >= 1 when {self.key(init_key)} is empty, got {n}")
+        if n < 0 or n > words > 0:
+            raise ConfigError(
+                f"{self.key(n_key)} must be between 0 and the {words} words of {self.key(init_key)} {init!r} (the "
+                f"first {n_key} words are learnable, the rest stay fixed), got {n}; for a random context of {n} tokens "
+                f"set {self.key(init_key)} \"\" (the reference code does that silently when {n_key} > 4)")
+
+
+@dataclasses.dataclass
+class PrecisionConfig(TrainerConfig):
+    """``PREC``: fp16 | fp32 | amp (see :mod:`promptot.precision`), validated here for every trainer."""
+
+    PREC: str = "fp16"
+
+    def __post_init__(self) -> None:
+        from .precision import check_precision
+
+        check_precision(self.PREC, self.key("PREC"))
+
+
+def check_context(config: TrainerConfig) -> None:
+    """Without ``CTX_INIT`` the context is ``N_CTX`` random vectors, so ``N_CTX`` must be >= 1 (with an init, the
+    init's words set the length, as in the reference)."""
+    if not str(getattr(config, "CTX_INIT", "")).strip():
+        config.check_positive("N_CTX")
+
+
+@dataclasses.dataclass
+class SinkhornConfig(PrecisionConfig):
+    """Sinkhorn options shared by the OT trainers, and their one conversion to the head's config.
+
+    ``MAX_ITER`` iterations at most; ``STOP`` marginal | reference | fixed; ``DOMAIN`` kernel | log;
+    ``GRAD`` detach | envelope | autodiff (see :func:`promptot.ot.sinkhorn`).
+    """
+
+    MAX_ITER: int = 100
+    STOP: str = "marginal"
+    DOMAIN: str = "kernel"
+    GRAD: str = "detach"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from .ot import DOMAINS, GRADS, STOPS
+
+        check_choice(self.key("STOP"), self.STOP, STOPS)
+        check_choice(self.key("DOMAIN"), self.DOMAIN, DOMAINS)
+        check_choice(self.key("GRAD"), self.GRAD, GRADS)
+        self.check_positive("MAX_ITER")
+
+    def ot_head_config(self, **fields: Any):
+        """:class:`promptot.ot.OTHeadConfig` with these Sinkhorn options plus the method's own ``fields``."""
+        from .ot import OTHeadConfig
+
+        return OTHeadConfig(max_iter=self.MAX_ITER, stop=self.STOP, domain=self.DOMAIN, grad=self.GRAD, **fields)

@@ -1,11 +1,15 @@
 """Errors caused by the user's input (config, paths, names, missing files).
 
-``train.py`` and the command-line tools print these as one paragraph without a
-traceback; anything else is a bug and keeps its traceback.
+Every user-facing exception subclasses :class:`UserError` where it is defined (it may also subclass the
+builtin it refines, e.g. ``FileNotFoundError``). ``train.py`` and the command-line tools print a
+``UserError`` as one paragraph without a traceback and exit 2; anything else is a bug and keeps its
+traceback. This module imports nothing from the project, so any module can raise these.
 """
 from __future__ import annotations
 
 import textwrap
+
+__all__ = ["UserError", "ConfigError", "format_user_error"]
 
 
 class UserError(Exception):
@@ -16,32 +20,8 @@ class ConfigError(UserError, ValueError):
     """A config value is invalid or inconsistent (still a ``ValueError`` for callers that catch those)."""
 
 
-def user_error_types() -> tuple:
-    """Every exception class that is a user error, including those of optional sub-packages."""
-    types = [UserError]
-    try:
-        from .clip.loader import BackboneNotFoundError
-
-        types.append(BackboneNotFoundError)
-    except ImportError:
-        pass
-    try:
-        from .datasets import common as _c
-
-        for n in ("DatasetNotFoundError", "CorruptImageError", "SplitFileError"):
-            if hasattr(_c, n):
-                types.append(getattr(_c, n))
-    except ImportError:
-        pass
-    try:
-        from .trainer import CheckpointMismatchError
-
-        types.append(CheckpointMismatchError)
-    except ImportError:
-        pass
-    return tuple(types)
-
-
 def format_user_error(e: BaseException) -> str:
-    return "ERROR: " + "\n".join(textwrap.wrap(str(e), width=110, subsequent_indent="  ", break_long_words=False,
-                                               break_on_hyphens=False)) 
+    """``ERROR: <message>`` as one paragraph wrapped at 110 columns (line breaks in the message become spaces)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return "ERROR: " + "\n".join(textwrap.wrap(text, width=110, subsequent_indent="  ", break_long_words=False,
+                                               break_on_hyphens=False))

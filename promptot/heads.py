@@ -1,8 +1,16 @@
-"""Non-OT classification heads shared by trainers (the OT head lives in :mod:`promptot.ot`)."""
+"""Classification heads shared by trainers: cosine logits, PLOT's pooled global logit, and the OT-scored prompt
+model (the OT numerics live in :mod:`promptot.ot`)."""
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .errors import ConfigError
+from .model import ModelOutput, PromptModel
+from .ot import HierarchicalOTHead, OTHeadConfig
 
 
 def cosine_logits(scale: Tensor, img: Tensor, txt: Tensor) -> Tensor:
@@ -11,6 +19,33 @@ def cosine_logits(scale: Tensor, img: Tensor, txt: Tensor) -> Tensor:
 
 
 def pooled_prompt_logits(scale: Tensor, img: Tensor, txt: Tensor) -> Tensor:
-    """Global logit of PLOT/PLOT++: ``scale · s(img [B, D], normalised mean over n of txt [C, N, D])`` -> ``[B, C]`` fp32."""
-    pooled = F.normalize(F.normalize(txt.float(), dim=-1).mean(1), dim=-1)
+    """Global logit of PLOT/PLOT++ as the reference code computes it: the N prompt features of a class are averaged
+    *unnormalised* and the mean is normalised, ``scale · s(img [B, D], mean_n txt [C, N, D])`` -> ``[B, C]`` (fp32).
+    Pass raw features: normalising each prompt before the mean weighs them differently when their norms differ."""
+    pooled = F.normalize(txt.float().mean(1), dim=-1)
     return scale.float() * F.normalize(img.float(), dim=-1) @ pooled.t()
+
+
+class OTPromptModel(PromptModel):
+    """A prompt model whose logits come from the shared :class:`~promptot.ot.HierarchicalOTHead` (PLOT, PLOT++,
+    ALIGN). ``needs_vit``: the method's name when it prompts the vision transformer (an RN backbone is refused)."""
+
+    def __init__(self, clip, prompt_learner, cfg: Any, head: OTHeadConfig, needs_vit: str = "") -> None:
+        super().__init__(clip, prompt_learner)
+        if needs_vit and not clip.is_vit:
+            raise ConfigError(f"{needs_vit} prompts the vision transformer: use a ViT backbone (e.g. ViT-B/16)")
+        self.cfg = cfg
+        self.head = HierarchicalOTHead(head)
+
+    def ot(self, img_global: Tensor, txt_global: Tensor, **tokens: Any) -> ModelOutput:
+        """OT logits with two logged diagnostics: ``plan_ent``, the mean normalised entropy of the prompt-level plans
+        (1 = uniform plans: the OT has no effect; training only), and ``ot_err``, the largest Sinkhorn marginal error
+        of this forward (the trainer warns once per run when it is large)."""
+        logits, diag = self.head(img_global, txt_global, self.scale, log=True, **tokens)
+        err = diag["prompt_marginal_err"]
+        if "token_marginal_err" in diag:
+            err = torch.maximum(err, diag["token_marginal_err"])
+        out = {"ot_err": err}
+        if self.training:
+            out["plan_ent"] = diag["plan_entropy"]
+        return ModelOutput(logits, diagnostics=out)

@@ -1,14 +1,23 @@
 """Learnable prompt modules shared by the trainers (the ``prompts/`` layer of the design).
 
-* :class:`TextPrompts` — CoOp-style learnable context spliced into the class prompts, with
-  generic or class-specific context, class token at end/middle/front, word initialisation and
-  ``n_sets`` prompt sets (PLOT's N prompts, ALIGN's N textual prompts).
-* :class:`DeepPrompts` — per-layer prompts for both towers (MaPLe/ALIGN deep prompts), with the
-  visual prompts either produced from the text prompts by linear coupling functions (MaPLe) or
-  learned independently (IVLP/VPT, ALIGN with M != N).
+* :class:`TextPrompts` — CoOp-style learnable context spliced into the class prompts, with generic or
+  class-specific context, class token at end/middle/front, word initialisation and ``n_sets`` prompt sets
+  (PLOT's N prompts, ALIGN's N textual prompts).
+* :class:`DeepPrompts` — per-layer prompts for both towers (MaPLe/IVLP/VPT/ALIGN deep prompts), with the
+  visual prompts either produced from the text prompts by linear coupling functions (MaPLe, ALIGN) or
+  learned independently with their own width, length and depth (IVLP, VPT, ALIGN with M != N).
+* :class:`MultiModalPrompts` — shallow text context + deep prompts + visual prompt sets: the one prompt
+  learner of MaPLe, IVLP, language-only prompting, VPT and ALIGN (M/N prompt-set replication included).
+* :class:`MetaNet` — CoCoOp's bottleneck network (Linear-ReLU-Linear), shared by CoCoOp and CoPL.
+
+Every prompt learner speaks one protocol to the models (:mod:`promptot.model`): ``text_inputs()`` returns
+:class:`TextInputs` (or None: the text side is a frozen classifier) and ``vision_inputs()`` returns
+:class:`VisionInputs` (or None: the image tower runs unprompted).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -20,6 +29,35 @@ from .config import check_choice
 from .errors import ConfigError
 
 POSITIONS = ("end", "middle", "front")
+COUPLINGS = ("coupled", "independent")
+
+
+@dataclass
+class TextInputs:
+    """Inputs of the text tower for ``n_sets * C`` prompts, laid out set-major (row ``k * C + c``).
+
+    embeds: ``[N*C, L, Dt]`` prompt embeddings; token_ids: ``[N*C, L]``; deep: deep prompts of blocks 1.. (entries
+    ``[N*C, n, Dt]`` or ``[1, n, Dt]`` broadcast over prompts, or None); deep_start: first replaced position.
+    """
+
+    embeds: Tensor
+    token_ids: Tensor
+    n_sets: int = 1
+    deep: List[Optional[Tensor]] = field(default_factory=list)
+    deep_start: int = 1
+
+
+@dataclass
+class VisionInputs:
+    """Visual prompts of ``n_views`` prompt sets (each image is encoded once per set, rows ``b * M + m``).
+
+    shallow: ``[M, n, Dv]`` appended after the CLS + patch tokens; deep: ``[M, n, Dv]`` per block 1.. (replacing the
+    shallow prompt's slots), or None entries.
+    """
+
+    shallow: Tensor
+    n_views: int = 1
+    deep: List[Optional[Tensor]] = field(default_factory=list)
 
 
 def _clean(name: str) -> str:
@@ -61,6 +99,7 @@ class TextPrompts(nn.Module):
             raise ConfigError(f"the number of prompt sets must be >= 1, got {n_sets}")
         dtype = dtype or clip.dtype
         width = clip.text_width
+        self.requested_n_ctx = n_ctx  # CTX_INIT may replace it (init_mode "coop"): the trainer records the change
         names = [_clean(n) for n in classnames]
         n_cls = len(names)
         ctx_init = _clean(ctx_init).strip()
@@ -157,6 +196,21 @@ class TextPrompts(nn.Module):
         """``(embeddings [N*C, L, D], token_ids [N*C, L])``."""
         return self.build(), self.prompt_token_ids()
 
+    def sets(self, ctx: Optional[Tensor] = None) -> Tensor:
+        """The generic context as ``[N, n_ctx, D]`` (one row per prompt set)."""
+        ctx = self.ctx if ctx is None else ctx
+        if self.csc:
+            raise ValueError("class-specific contexts have no per-set layout")
+        return ctx if self.n_sets > 1 else ctx.unsqueeze(0)
+
+    def text_inputs(self) -> TextInputs:
+        """The prompt-learner protocol: shallow prompts only."""
+        return TextInputs(self.build(), self.prompt_token_ids(), n_sets=self.n_sets)
+
+    def vision_inputs(self) -> None:
+        """The prompt-learner protocol: no visual prompts."""
+        return None
+
     def token_mask(self, length: int, include: str = "paper") -> Tensor:
         """Token-set mask ``[C, length]`` over text positions for token-level OT.
 
@@ -176,46 +230,164 @@ class TextPrompts(nn.Module):
 
 
 class DeepPrompts(nn.Module):
-    """Deep prompts of length ``n_ctx`` for layers 1..depth-1 of both towers (MaPLe / ALIGN / IVLP).
+    """Deep prompts of both towers and the text→vision coupling (MaPLe / IVLP / VPT / ALIGN).
 
-    Text: ``text[k]`` of shape ``[n_sets, n_ctx, Dt]`` replaces the context positions in the input of text
-    block k+1. Vision, ``coupled=True`` (MaPLe, ALIGN reference): the shallow visual prompts are
-    ``shallow_proj(text ctx)`` and the deep ones ``proj[k](text[k])`` — one visual set per text set.
-    ``coupled=False``: ``n_vis_sets`` independent visual prompt sets ``[n_vis_sets, n_ctx, Dv]`` per layer.
+    Text: ``text[k]`` of shape ``[N, n_t, Dt]`` replaces the context positions in the input of text block k+1,
+    for k < ``text_depth - 1``. Vision:
+
+    * ``coupled=True`` (MaPLe, ALIGN): the shallow visual prompts are ``shallow_proj(text ctx)`` and the deep
+      ones ``proj[k](text[k])``: one visual set per text set, same length and depth as the text prompts.
+    * ``coupled=False`` (IVLP, VPT, ALIGN with M != N): ``vision_shallow [M, n_v, Dv]`` and
+      ``vision[k] [M, n_v, Dv]`` for k < ``vision_depth - 1``; ``vision_depth=0`` means no visual prompts.
+
+    Parameter names (checkpoint keys): ``text.{k}``, ``shallow_proj.{weight,bias}``, ``proj.{k}.{weight,bias}``,
+    ``vision_shallow``, ``vision.{k}``.
     """
 
     def __init__(self, n_ctx: int, depth: int, text_width: int, vision_width: int, n_sets: int = 1,
                  n_vis_sets: Optional[int] = None, coupled: bool = True, std: float = 0.02,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, n_ctx_vision: Optional[int] = None,
+                 vision_depth: Optional[int] = None) -> None:
         super().__init__()
-        if depth < 1:
-            raise ConfigError(f"prompt depth must be >= 1, got {depth}")
         n_vis_sets = n_sets if n_vis_sets is None else n_vis_sets
-        if coupled and n_vis_sets != n_sets:
-            raise ConfigError(
-                f"coupled visual prompts are projections of the text prompts, so the number of visual prompt sets "
-                f"({n_vis_sets}) must equal the number of text prompt sets ({n_sets}); set them equal or use "
-                "independent visual prompts")
+        n_ctx_vision = n_ctx if n_ctx_vision is None else n_ctx_vision
+        vision_depth = depth if vision_depth is None else vision_depth
+        if depth < 0 or vision_depth < 0:
+            raise ConfigError(f"prompt depths must be >= 0, got text {depth} and vision {vision_depth}")
+        if coupled:
+            if depth < 1:
+                raise ConfigError(f"coupled prompts need a prompt depth >= 1, got {depth}")
+            if n_vis_sets != n_sets:
+                raise ConfigError(
+                    f"coupled visual prompts are projections of the text prompts, so the number of visual prompt "
+                    f"sets ({n_vis_sets}) must equal the number of text prompt sets ({n_sets}); set them equal or use "
+                    "independent visual prompts")
+            if (n_ctx_vision, vision_depth) != (n_ctx, depth):
+                raise ConfigError(
+                    f"coupled visual prompts have the text prompts' length and depth ({n_ctx} tokens, depth {depth}); "
+                    f"got {n_ctx_vision} tokens and depth {vision_depth} for the vision side")
+        # coupled prompts may have 0 tokens (N_CTX 0 with the whole CTX_INIT fixed: zero-shot CLIP)
+        if not coupled and vision_depth > 0 and (n_ctx_vision < 1 or n_vis_sets < 1):
+            raise ConfigError(f"visual prompts need >= 1 token and >= 1 set, got {n_ctx_vision} and {n_vis_sets}")
         self.n_ctx, self.depth, self.coupled, self.n_sets, self.n_vis_sets = n_ctx, depth, coupled, n_sets, n_vis_sets
+        self.n_ctx_vision, self.vision_depth = n_ctx_vision, vision_depth
 
-        def param(width: int, sets: int) -> nn.Parameter:
-            p = torch.empty(sets, n_ctx, width, dtype=dtype)
+        def param(width: int, sets: int, length: int) -> nn.Parameter:
+            p = torch.empty(sets, length, width, dtype=dtype)
             nn.init.normal_(p, std=std)
             return nn.Parameter(p)
 
-        self.text = nn.ParameterList([param(text_width, n_sets) for _ in range(depth - 1)])
+        # Creation order fixes the random init for a seed: text prompts, then the vision side.
+        self.text = nn.ParameterList([param(text_width, n_sets, n_ctx) for _ in range(max(depth - 1, 0))])
         if coupled:
             self.shallow_proj = nn.Linear(text_width, vision_width).to(dtype)
             self.proj = nn.ModuleList([nn.Linear(text_width, vision_width).to(dtype) for _ in range(depth - 1)])
-        else:
-            self.vision_shallow = param(vision_width, n_vis_sets)
-            self.vision = nn.ParameterList([param(vision_width, n_vis_sets) for _ in range(depth - 1)])
+        elif vision_depth > 0:
+            self.vision_shallow = param(vision_width, n_vis_sets, n_ctx_vision)
+            self.vision = nn.ParameterList([param(vision_width, n_vis_sets, n_ctx_vision)
+                                            for _ in range(vision_depth - 1)])
+
+    @property
+    def has_vision(self) -> bool:
+        return self.coupled or self.vision_depth > 0
 
     def visual(self, text_ctx: Optional[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-        """``(shallow [M, n_ctx, Dv], deep list of [M, n_ctx, Dv])``; ``text_ctx [N, n_ctx, Dt]`` when coupled."""
+        """``(shallow [M, n, Dv], deep list of [M, n, Dv])``; ``text_ctx [N, n_ctx, Dt]`` when coupled."""
+        if not self.has_vision:
+            raise ValueError("these deep prompts have no visual side (vision depth 0)")
         if self.coupled:
             if text_ctx is None:
                 raise ValueError("coupled visual prompts need the shallow text context")
             w = self.shallow_proj.weight
             return self.shallow_proj(text_ctx.to(w.dtype)), [f(t) for f, t in zip(self.proj, self.text)]
         return self.vision_shallow, list(self.vision)
+
+
+class MultiModalPrompts(nn.Module):
+    """The prompt learner of MaPLe, IVLP, language-only prompting, VPT and ALIGN.
+
+    ``text``: a :class:`TextPrompts` with ``n_sets`` = N text prompt sets (MaPLe-style init: the first ``n_ctx``
+    words of ``ctx_init`` learnable, the rest frozen), or None when the text side is a frozen classifier (VPT).
+    ``deep``: the :class:`DeepPrompts` (deep text prompts of depth ``text_depth`` and the visual prompts: coupled
+    to the text, or ``vision_sets`` = M independent sets of ``n_ctx_vision`` tokens and depth ``vision_depth``).
+
+    Protocol: :meth:`text_inputs` (N*C prompts, set-major, deep prompts replicated per class) and
+    :meth:`vision_inputs` (M visual sets; the model encodes each image once per set).
+    """
+
+    def __init__(self, clip: PromptedCLIP, classnames: Sequence[str], *, n_ctx: int = 2,
+                 ctx_init: str = "a photo of a", text_depth: int = 1, text_sets: int = 1, init_sets: str = "first",
+                 learn_text: bool = True, coupled: bool = True, n_ctx_vision: Optional[int] = None,
+                 vision_depth: Optional[int] = None, vision_sets: Optional[int] = None,
+                 dtype: Optional[torch.dtype] = None, deep_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if coupled and not learn_text:
+            raise ConfigError("coupled visual prompts are projections of learnable text prompts; with a frozen "
+                              "text side use independent visual prompts")
+        if not clip.is_vit and (coupled or (vision_depth or 0) > 0):
+            raise ConfigError("visual prompts need a ViT backbone (e.g. ViT-B/16); this model has a ModifiedResNet")
+        self.text: Optional[TextPrompts] = (
+            TextPrompts(clip, classnames, n_ctx=n_ctx, ctx_init=ctx_init, init_mode="first", n_sets=text_sets,
+                        init_sets=init_sets, dtype=dtype) if learn_text else None)
+        # Deep prompts and couplings stay fp32 whatever PREC (as MaPLe's compound prompts); the encoders cast them.
+        self.deep = DeepPrompts(n_ctx, text_depth if learn_text else 0, clip.text_width, clip.vision_width,
+                                n_sets=text_sets, n_vis_sets=vision_sets, coupled=coupled, dtype=deep_dtype,
+                                n_ctx_vision=n_ctx_vision, vision_depth=vision_depth)
+        self.n_cls = len(classnames)
+
+    @property
+    def n_views(self) -> int:
+        """M: visual prompt sets (1 without visual prompts)."""
+        return self.deep.n_vis_sets if self.deep.has_vision else 1
+
+    def text_ctx(self) -> Tensor:
+        """Shallow text context as ``[N, n_ctx, Dt]``."""
+        if self.text is None:
+            raise ValueError("this prompt learner has no learnable text context")
+        return self.text.sets()
+
+    def text_inputs(self) -> Optional[TextInputs]:
+        """``N*C`` set-major prompts with the deep text prompts replicated per class; None for a frozen text side."""
+        if self.text is None:
+            return None
+        c = self.text.n_cls
+        deep = [p.repeat_interleave(c, dim=0) if p.shape[0] > 1 else p for p in self.deep.text]
+        return TextInputs(self.text.build(), self.text.prompt_token_ids(), n_sets=self.text.n_sets, deep=deep)
+
+    def vision_inputs(self) -> Optional[VisionInputs]:
+        if not self.deep.has_vision:
+            return None
+        shallow, deep = self.deep.visual(self.text_ctx() if self.deep.coupled else None)
+        return VisionInputs(shallow, n_views=shallow.shape[0], deep=list(deep))
+
+
+def check_prompt_depth(clip: PromptedCLIP, key: str, depth: int, tower: str = "both") -> None:
+    """Raise a :class:`ConfigError` naming ``key`` when a prompt depth J (prompts in layers 0..J-1, the input
+    counting as layer 0) exceeds the blocks of ``clip``'s ``tower``: ``"text"``, ``"vision"`` or ``"both"``."""
+    check_choice("tower", tower, ("text", "vision", "both"))
+    if tower != "text" and depth > 0 and not clip.is_vit:
+        raise ConfigError(f"{key} is {depth}: visual prompts need a ViT backbone (e.g. ViT-B/16), this model has a "
+                          "ModifiedResNet image tower; use a ViT backbone or a vision prompt depth of 0")
+    towers = {"text": clip.text_layers, "vision": clip.vision_layers}
+    for name, layers in towers.items():
+        if tower in (name, "both") and depth > layers:
+            raise ConfigError(f"{key} is {depth} but the backbone's {name} transformer has {layers} layers; "
+                              f"use a depth between 0 and {layers} (prompts in layers 0..depth-1)")
+
+
+class MetaNet(nn.Sequential):
+    """CoCoOp's Meta-Net: ``Linear(in, in // 16) -> ReLU -> Linear(in // 16, out)`` (keys ``linear1``, ``linear2``).
+
+    CoCoOp applies it to the normalised global image feature (one shift for every context token); CoPL applies
+    it to every patch token with shared weights.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: Optional[int] = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        hidden = max(in_dim // 16, 1) if hidden is None else hidden
+        super().__init__(OrderedDict([("linear1", nn.Linear(in_dim, hidden)), ("relu", nn.ReLU(inplace=True)),
+                                      ("linear2", nn.Linear(hidden, out_dim))]))
+        self.to(dtype)
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return super().forward(x.to(self.linear1.weight.dtype))

@@ -145,4 +145,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from promptot.cli import run_main
+
+    run_main(main)

@@ -32,6 +32,10 @@ METHODS = {
     "CoCoOp": ("CoCoOp", "configs/trainers/CoCoOp/miniclip.yaml", False),
     "PLOT": ("PLOT", "configs/trainers/PLOT/miniclip.yaml", False),
     "ALIGN": ("ALIGN", "configs/trainers/ALIGN/miniclip.yaml", False),
+    "MaPLe": ("MaPLe", "configs/trainers/MaPLe/miniclip.yaml", False),
+    "IVLP": ("IVLP", "configs/trainers/IVLP/miniclip.yaml", False),
+    "VPT": ("VPT", "configs/trainers/VPT/miniclip.yaml", False),
+    "PromptSRC": ("PromptSRC", "configs/trainers/PromptSRC/miniclip.yaml", False),
 }
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptot.clip import PromptedCLIP, build_tiny_clip, tokenize
+from promptot.clip import AppendTokensHook, BlockHook, DeepPromptHook, PromptedCLIP, build_tiny_clip, tokenize
 
 ATOL = 1e-5
 TEXTS = ["a photo of a cat.", "a photo of a large red double-decker bus.", "dog"]
@@ -33,19 +33,19 @@ def ids() -> torch.Tensor:
     return tokenize(TEXTS)
 
 
-class Capture:
+class Capture(BlockHook):
     """Hook that records every block input (after deep-prompt replacement)."""
 
-    def __init__(self):
-        self.inputs, self.calls = {}, []
+    def __init__(self, name=""):
+        self.inputs, self.calls, self.name = {}, [], name
 
-    def before_block(self, i, x):
+    def before_block(self, i, x, state):
         self.inputs[i] = x.detach().clone()
-        self.calls.append(("before", i))
+        self.calls.append(("before", i) if not self.name else (self.name, "before", i))
         return x
 
-    def after_block(self, i, x):
-        self.calls.append(("after", i))
+    def after_block(self, i, x, state):
+        self.calls.append(("after", i) if not self.name else (self.name, "after", i))
         return x
 
 
@@ -162,30 +162,103 @@ def test_visual_prompt_gradients_and_errors(vit):
         vit.encode_image(torch.randn(1, 3, 48, 48))
 
 
-class AppendToken:
-    """DPT-style hook: one extra token before each block, dropped after it."""
+class AppendToken(BlockHook):
+    """DPT-style hook: one extra token before each block, dropped after it; records the dropped outputs."""
 
     def __init__(self, width):
         self.tok = torch.nn.Parameter(torch.randn(width))
 
-    def before_block(self, i, x):
-        return torch.cat([x, self.tok.to(x.dtype).expand(x.shape[0], 1, -1)], dim=1)
+    def before_block(self, i, x, state):
+        return torch.cat([x, state.fit(self.tok[None], "tok")], dim=1)
 
-    def after_block(self, i, x):
+    def after_block(self, i, x, state):
+        state.aux.setdefault("dropped", []).append(x[:, -1].detach())
         return x[:, :-1]
 
 
-def test_hooks_can_add_and_drop_tokens(vit, ids):
+def test_hooks_can_add_and_drop_tokens_and_return_aux(vit, ids):
     x = torch.randn(2, 3, 32, 32)
     hook = AppendToken(vit.vision_width)
     out = vit.encode_image(x, hooks=hook)
     assert not torch.allclose(out.features, vit.encode_image(x).features, atol=1e-4)
+    assert len(out.aux["dropped"]) == vit.vision_layers and out.aux["dropped"][0].shape == (2, vit.vision_width)
     out.features.sum().backward()
     assert hook.tok.grad.abs().sum() > 0
     # Text: a token appended at the end is invisible to earlier positions under the causal mask.
     text_hook = AppendToken(vit.text_width)
     t = vit.encode_text(vit.embed_tokens(ids), ids, hooks=text_hook)
     torch.testing.assert_close(t.features, vit.clip.encode_text(ids), atol=ATOL, rtol=0)
+    assert len(t.aux["dropped"]) == vit.text_layers
+
+
+def test_hooks_nest_in_order(vit):
+    a, b = Capture("a"), Capture("b")
+    vit.encode_image(torch.randn(1, 3, 32, 32), hooks=[a, b])
+    assert len(a.calls) == len(b.calls) == 2 * vit.vision_layers
+    # before in list order, after in reverse order (hooks nest): record the global order in a shared list
+    order = []
+
+    class Rec(BlockHook):
+        def __init__(self, name):
+            self.name = name
+
+        def before_block(self, i, x, state):
+            order.append((self.name, "before", i))
+            return x
+
+        def after_block(self, i, x, state):
+            order.append((self.name, "after", i))
+            return x
+
+    vit.encode_image(torch.randn(1, 3, 32, 32), hooks=[Rec("a"), Rec("b")])
+    assert order[:4] == [("a", "before", 0), ("b", "before", 0), ("b", "after", 0), ("a", "after", 0)]
+
+
+def test_append_tokens_hook_equals_manual_concatenation(vit):
+    """AppendTokensHook on block 0 only == appending the tokens to the block-0 input by hand and dropping them."""
+    x = torch.randn(2, 3, 32, 32)
+    tok = torch.randn(3, vit.vision_width)
+    seen = {}
+    out = vit.encode_image(x, hooks=AppendTokensHook({0: tok}, keep=lambda i, d, s: seen.setdefault(i, d)))
+    v = vit.clip.visual
+    cap = Capture()
+    vit.encode_image(x, hooks=cap)
+    h = torch.cat([cap.inputs[0], tok.expand(2, -1, -1)], dim=1)
+    h = v.transformer.resblocks[0](h)
+    torch.testing.assert_close(seen[0], h[:, -3:], atol=ATOL, rtol=0)
+    h = h[:, :-3]
+    for blk in v.transformer.resblocks[1:]:
+        h = blk(h)
+    torch.testing.assert_close(out.features, v.ln_post(h[:, 0]) @ v.proj, atol=ATOL, rtol=0)
+
+
+def test_deep_prompt_hook_equals_deep_prompts_argument(vit, ids):
+    emb = vit.embed_tokens(ids)
+    deep = [torch.randn(2, vit.text_width)]
+    a = vit.encode_text(emb, ids, deep_prompts=deep)
+    b = vit.encode_text(emb, ids, hooks=DeepPromptHook(deep, start=1))
+    torch.testing.assert_close(a.features, b.features, atol=0, rtol=0)
+    x = torch.randn(2, 3, 32, 32)
+    shallow, vdeep = torch.randn(2, vit.vision_width), [torch.randn(2, vit.vision_width)]
+    a = vit.encode_image(x, prompts=shallow, deep_prompts=vdeep)
+    b = vit.encode_image(x, prompts=shallow, hooks=DeepPromptHook(vdeep))
+    torch.testing.assert_close(a.features, b.features, atol=0, rtol=0)
+
+
+def test_text_pool_type_is_followed(ids):
+    m = build_tiny_clip("vit", text_layers=2)
+    m.requires_grad_(False)
+    pc = PromptedCLIP(m)
+    m.text_pool_type = "first"  # pool SOS instead of EOT: follows open_clip's own pooling
+    torch.testing.assert_close(pc.encode_text_ids(ids), m.encode_text(ids), atol=ATOL, rtol=0)
+    m.text_pool_type = "last"
+    torch.testing.assert_close(pc.encode_text_ids(ids), m.encode_text(ids), atol=ATOL, rtol=0)
+    m.text_pool_type = "mean"
+    with pytest.raises(NotImplementedError, match="text_pool_type"):
+        PromptedCLIP(m)
+    del m.text_pool_type
+    with pytest.raises(ImportError, match="open_clip_torch>="):
+        PromptedCLIP(m)
 
 
 # ---------------------------------------------------------------- ResNet local features

@@ -188,10 +188,15 @@ def test_manual_instructions_and_classnames(tmp_path, capsys):
             assert res.md5 is None or len(res.md5) == 32
 
 
-def test_every_builtin_dataset_has_a_recipe():
-    from promptot.datasets import BUILTIN_DATASETS
+def test_every_dataset_has_a_recipe_or_manual_steps():
+    from promptot.datasets import BUILTIN_CLASSES
 
-    assert set(BUILTIN_DATASETS) <= set(dl.SOURCES)
+    assert set(dl.SOURCES) == set(BUILTIN_CLASSES)
+    for name, src in dl.SOURCES.items():
+        assert src.resources or src.manual, name
+        for res in src.resources:
+            if res.filename.startswith("split_zhou_") or res.filename == "cat_to_name.json":
+                assert res.checksummed, (name, res.filename)  # pinned copies: always verified
 
 
 def test_existing_dataset_folder_does_not_skip_extraction(tmp_path, fixture_server):

@@ -1,4 +1,4 @@
-"""The engine reproduces Dassl's observable semantics (dassl_api.md §§2-8)."""
+"""The engine reproduces Dassl's observable semantics (docs/dassl.md)."""
 from __future__ import annotations
 
 import random
@@ -35,7 +35,7 @@ def _lr_trace(cfg, n):
 
 
 def test_lr_trace_matches_dassl_observation():
-    # dassl_api.md §6: MAX_EPOCH 3, constant warmup 1 epoch at 1e-5, LR 2e-3 -> 1e-5, 2e-3, 1.5e-3
+    # docs/dassl.md#optim: MAX_EPOCH 3, constant warmup 1 epoch at 1e-5, LR 2e-3 -> 1e-5, 2e-3, 1.5e-3
     cfg = _cfg(NAME="sgd", LR=2e-3, MAX_EPOCH=3, LR_SCHEDULER="cosine", WARMUP_EPOCH=1,
                WARMUP_TYPE="constant", WARMUP_CONS_LR=1e-5)
     trace, _, _ = _lr_trace(cfg, 3)
@@ -68,7 +68,7 @@ def test_warmup_state_roundtrips_with_weights_only(tmp_path):
     trace, opt, sched = _lr_trace(cfg, 3)
     path = tmp_path / "s.pt"
     torch.save({"scheduler": sched.state_dict(), "optimizer": opt.state_dict()}, path)
-    state = torch.load(path, weights_only=True)  # no pickled scheduler objects (dassl_api.md §9.2)
+    state = torch.load(path, weights_only=True)  # no pickled scheduler objects (docs/dassl.md#shims, 2)
     p = torch.nn.Parameter(torch.zeros(1))
     opt2 = engine.build_optimizer([p], cfg.OPTIM)
     sched2 = engine.build_lr_scheduler(opt2, cfg.OPTIM)

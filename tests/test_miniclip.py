@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import promptot.miniclip as mc
-from promptot.miniclip import data
+from promptot.datasets import fmnist as data
+from promptot.fileio import sha256_file
 
 needs_fmnist = pytest.mark.skipif(not data.fmnist_available(),
                                   reason=f"Fashion-MNIST missing: {data.APT_HINT}")
@@ -159,13 +160,14 @@ def test_register_idempotent(monkeypatch):
     calls = []
     loader = types.ModuleType("promptot.clip.loader")
     loader.register_backbone = lambda name, resolver: calls.append((name, resolver))
+    loader.declare_image_size = lambda name, size: calls.append((name, size))
     pkg = types.ModuleType("promptot.clip")
     pkg.loader = loader
     monkeypatch.setitem(sys.modules, "promptot.clip", pkg)
     monkeypatch.setitem(sys.modules, "promptot.clip.loader", loader)
     monkeypatch.setattr(mc, "_REGISTERED", False)
     assert mc.register() and mc.register()
-    assert calls == [(mc.DEFAULT_NAME, mc.checkpoint_path)]
+    assert calls == [(mc.DEFAULT_NAME, mc.checkpoint_path), (mc.DEFAULT_NAME, 32)]
 
 
 def test_checkpoint_path_falls_back_to_cached_build(monkeypatch, tmp_path):
@@ -183,7 +185,7 @@ def test_checkpoint_path_falls_back_to_cached_build(monkeypatch, tmp_path):
     def fake_pretrain(seed, epochs, threads, out, recipe):
         calls.append((seed, epochs, threads))
         open(out, "wb").write(b"weights")
-        recipe.write_text(json.dumps({"sha256": pretrain.sha256_file(out)}))
+        recipe.write_text(json.dumps({"sha256": sha256_file(out)}))
 
     monkeypatch.setattr(pretrain, "pretrain", fake_pretrain)
     expected = str(tmp_path / "cache" / "miniclip" / mc.CHECKPOINT_FILE)

@@ -162,7 +162,26 @@ def test_half_inputs_give_fp32_logits_and_diagnostics() -> None:
     assert out16.dtype == torch.float32
     out32 = head(ig.half().float(), tg.half().float(), 100.0, it.half().float(), None, tt.half().float(), tm)
     torch.testing.assert_close(out16, out32)
-    d = head.last_diagnostics
+    logged, d = head(ig.half(), tg.half(), 100.0, it.half(), None, tt.half(), tm, log=True)
+    torch.testing.assert_close(logged, out16, rtol=0, atol=0)
+    assert not hasattr(head, "last_diagnostics"), "diagnostics are returned, not kept as module state"
     for k in ("plan_entropy", "plan_max_min_ratio", "prompt_iters", "token_iters_mean", "token_iters_max"):
         assert k in d and torch.isfinite(d[k])
     assert 0.0 < float(d["plan_entropy"]) <= 1.0 + 1e-6
+
+
+def test_nan_image_padding_gives_finite_gradients() -> None:
+    """Image tokens are masked before they are normalised: NaN padding changes neither the logits nor the gradients
+    of the real tokens, and no NaN reaches any gradient (paper mode, gradients through the token term)."""
+    ig, tg, it, tl = _inputs(torch.float64, seed=21)
+    tt, tm = _pad(tl)
+    cfg = OTHeadConfig(compat="paper", stop="marginal", beta=1.0)
+    it_pad = torch.cat([it, torch.full_like(it[:, :, :3], float("nan"))], dim=2).requires_grad_(True)
+    im = torch.ones(it_pad.shape[:3], dtype=torch.bool)
+    im[:, :, -3:] = False
+    out = HierarchicalOTHead(cfg)(ig, tg, 100.0, it_pad, im, tt, tm)
+    out.sum().backward()
+    assert torch.isfinite(it_pad.grad).all() and it_pad.grad[:, :, -3:].abs().max() == 0
+    it_real = it.clone().requires_grad_(True)
+    HierarchicalOTHead(cfg)(ig, tg, 100.0, it_real, None, tt, tm).sum().backward()
+    torch.testing.assert_close(it_pad.grad[:, :, :-3], it_real.grad, atol=1e-10, rtol=1e-8)

@@ -229,3 +229,35 @@ def test_bad_arguments() -> None:
         sinkhorn(torch.rand(3, 3), eps=0.0)
     with pytest.raises(ValueError):
         sinkhorn(torch.rand(2, 3, 3), stop="reference", group_ndim=3)
+
+
+@pytest.mark.parametrize("domain", ["kernel", "log"])
+def test_given_row_weights_are_zeroed_on_masked_rows(domain: str) -> None:
+    """Weights put on padding rows carry no mass: the plan equals the unpadded problem's (real rows only)."""
+    C = _rand_cost(5, 4, seed=11)
+    a_real = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=D64)
+    a = torch.cat([a_real, torch.tensor([0.3], dtype=D64)])  # 0.3 on the padding row
+    mask = torch.tensor([True, True, True, True, False])
+    padded = sinkhorn(C, eps=0.1, a=a, row_mask=mask, domain=domain, max_iter=2000, tol=1e-12).plan
+    alone = sinkhorn(C[:4], eps=0.1, a=a_real, domain=domain, max_iter=2000, tol=1e-12).plan
+    assert padded[4].abs().max() == 0
+    torch.testing.assert_close(padded[:4], alone, atol=1e-10, rtol=0)
+    torch.testing.assert_close(padded.sum(), torch.tensor(1.0, dtype=D64), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("domain", ["kernel", "log"])
+@pytest.mark.parametrize("n_iter", [1, 2, 7])
+def test_fixed_stop_runs_exactly_max_iter_iterations(domain: str, n_iter: int) -> None:
+    """``stop="fixed"`` = exactly ``max_iter`` (row, column) updates from r = c = 1: equal to a plain loop."""
+    C = _rand_cost(3, 4, 5, seed=12)
+    res = sinkhorn(C, eps=0.2, stop="fixed", max_iter=n_iter, domain=domain)
+    assert int(res.n_iter) == n_iter
+    K = torch.exp(-C / 0.2)
+    a, b = torch.full((3, 4), 0.25, dtype=D64), torch.full((3, 5), 0.2, dtype=D64)
+    r, c = torch.ones_like(a), torch.ones_like(b)
+    for _ in range(n_iter):
+        r = a / (K @ c[..., None])[..., 0]
+        c = b / (K.transpose(1, 2) @ r[..., None])[..., 0]
+    torch.testing.assert_close(res.plan, r[..., None] * K * c[..., None, :], atol=1e-12, rtol=1e-10)
+    other = sinkhorn(C, eps=0.2, stop="fixed", max_iter=n_iter + 1, domain=domain).plan
+    assert (other - res.plan).abs().max() > 1e-9  # one more iteration is a different plan

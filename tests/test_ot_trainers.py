@@ -70,12 +70,12 @@ def test_plotpp_stage1_weights_load_into_stage2(toy_root, tmp_path, clip_paths):
     s1 = build(toy_root, tmp_path, "PLOTPP-vision", clip_paths)
     assert [p for g in s1._optims["prompt_learner"].param_groups for p in g["params"]] == \
         [s1.model.prompt_learner.visual_ctx]
-    txt = s1._text()
-    assert s1._text() is txt, "frozen text features are cached"
+    txt = s1.model.text_side()
+    assert s1.model.text_side() is txt, "frozen text features are cached"
     with torch.no_grad():
         s1.model.prompt_learner.visual_ctx.add_(0.5)
         s1.model.prompt_learner.text[0].ctx.add_(0.5)
-    assert s1._text() is not txt, "the cache follows in-place changes of the text prompts"
+    assert s1.model.text_side() is not txt, "the cache follows in-place changes of the text prompts"
     s1.save_model(0, str(tmp_path / "s1"))
     ck = tmp_path / "s1" / "prompt_learner" / "model.pth.tar-1"
     s2 = build(toy_root, tmp_path, "PLOTPP-joint", clip_paths,
@@ -131,7 +131,19 @@ def test_align_reference_token_level_has_no_gradient(toy_root, tmp_path, clip_pa
     ref = build(toy_root, tmp_path, "ALIGN-reference", clip_paths)
     gi, gt, logits = _token_grads(ref)
     assert gi is None and gt is None, "reference mode (D3): no gradient may reach the token features"
-    assert "token_iters_mean" in ref.model.head.last_diagnostics  # ... yet the token level ran
+    ref.model.train()
+    with torch.no_grad():
+        out = ref.model.run(_images())
+    assert out.diagnostics["plan_ent"] > 0  # training runs log the plan entropy ...
+    seen_iters = {}
+    h = ref.model.head.register_forward_hook(
+        lambda m, a, kw, o: seen_iters.update(o[1]) if isinstance(o, tuple) else None, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            ref.model.run(_images())
+    finally:
+        h.remove()
+    assert seen_iters["token_iters_mean"] >= 1  # ... and the token level ran
     off = build(toy_root, tmp_path, "ALIGN-reference", clip_paths, extra=["TRAINER.ALIGN.TOKEN_LEVEL", "False"])
     with torch.no_grad():
         assert not torch.allclose(off.model(_images()), ref.model(_images()), rtol=0, atol=1e-7), \
@@ -178,3 +190,43 @@ def test_configs_resolve(cfg_file, toy_root, tmp_path):
     assert cfg.OPTIM.LR in (0.002, 0.0025) and cfg.OPTIM.WARMUP_CONS_LR == 1e-5 and c.PREC == "fp16"
     if node == "PLOT":
         assert c.GLOBAL_LOGIT == ("imagenet" in cfg_file) and cfg.DATALOADER.TRAIN_X.BATCH_SIZE == 128
+
+
+def test_plot_global_logit_adds_the_reference_pooled_logit(toy_root, tmp_path, clip_paths):
+    """GLOBAL_LOGIT True adds scale·s(global image feature, normalised mean of the *unnormalised* prompt features),
+    as the reference code computes it; the flag must change the logits by exactly that amount."""
+    on = build(toy_root, tmp_path, "PLOT-vit-global", clip_paths, extra=["TRAINER.PLOT.GLOBAL_LOGIT", "True"])
+    off = build(toy_root, tmp_path, "PLOT-vit-global", clip_paths, extra=["TRAINER.PLOT.GLOBAL_LOGIT", "False"])
+    off.model.prompt_learner.load_state_dict(on.model.prompt_learner.state_dict())
+    x = _images()
+    with torch.no_grad():
+        txt = on.model.text_side()  # [C, N, D] raw
+        glob = on.model.clip.encode_image(x).features
+        pooled = F.normalize(txt.mean(1), dim=-1)
+        expect = on.model.scale * F.normalize(glob, dim=-1) @ pooled.t()
+        torch.testing.assert_close(on.model(x) - off.model(x), expect, rtol=1e-4, atol=1e-4)
+        # normalising each prompt first (the old behaviour) gives another logit once the prompt norms differ
+        txt_scaled = txt * torch.linspace(0.8, 1.2, txt.shape[1])[None, :, None]
+        each = F.normalize(F.normalize(txt_scaled, dim=-1).mean(1), dim=-1)
+        ref = F.normalize(txt_scaled.mean(1), dim=-1)
+        assert (each - ref).abs().max() > 1e-3
+
+
+def test_unconverged_sinkhorn_warns_once_and_logs_its_error(toy_root, tmp_path, clip_paths, capsys):
+    tr = build(toy_root, tmp_path, "ALIGN", clip_paths,
+               extra=["TRAINER.ALIGN.STOP", "fixed", "TRAINER.ALIGN.MAX_ITER", "1", "TRAINER.ALIGN.EPS_PROMPT", "0.01"])
+    tr.set_model_mode("train")
+    tr.num_batches, tr.epoch = 10, 0
+    batch = next(iter(tr.train_loader_x))
+    logs = []
+    for tr.batch_idx in range(2):
+        logs.append(tr.forward_backward(batch))
+    out = capsys.readouterr().out
+    assert out.count("WARNING: Sinkhorn stopped before convergence") == 1
+    assert "TRAINER.ALIGN.MAX_ITER" in out and "TRAINER.ALIGN.DOMAIN log" in out
+    assert all(d["ot_err"] > 1e-3 for d in logs)
+    ok = build(toy_root, tmp_path, "ALIGN", clip_paths)  # defaults converge: logged, no warning
+    ok.set_model_mode("train")
+    ok.num_batches, ok.epoch, ok.batch_idx = 10, 0, 0
+    assert ok.forward_backward(batch)["ot_err"] < 1e-3
+    assert "Sinkhorn stopped before convergence" not in capsys.readouterr().out

@@ -1,20 +1,24 @@
 """End-to-end regression on real images: the mini CLIP on FashionMNISTShift (inverted + recoloured
-Fashion-MNIST, a domain it never saw). CoOp and ALIGN must beat zero-shot CLIP by margins set from
-measurements (README, "Measured on the embedded default"); base-to-new runs end to end; every other
-trainer's accuracy after a short training is recorded (printed in the test summary) and above chance.
+Fashion-MNIST, a domain it never saw). CoOp, ALIGN, MaPLe, IVLP, VPT and PromptSRC must beat zero-shot CLIP by
+margins set from measurements (README, "Measured on the embedded default"); base-to-new runs end to end (MaPLe's
+through scripts/base2new.sh); every other trainer's accuracy after a short training is recorded (printed in the
+test summary) and above chance.
 
 These runs take a few minutes on 2 cores; ``-m "not slow"`` deselects them.
 """
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, run_cli
 
-fm = pytest.importorskip("promptot.miniclip.data")
+fm = pytest.importorskip("promptot.datasets.fmnist")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not fm.fmnist_available(), reason="apt-get install dataset-fashion-mnist"),
@@ -23,8 +27,11 @@ pytestmark = [
 CHANCE = 10.0  # 10 classes
 # Margins over zero-shot, in accuracy points, set below the smallest gain measured over seeds 1-3 with
 # `python scripts/demo.py --seed S` (zero-shot 49.4%; CoOp 54.5 / 52.3 / 52.2%, i.e. +5.1 / +2.9 / +2.8;
-# ALIGN 57.9 / 58.2 / 58.9%, i.e. +8.5 / +8.8 / +9.5). The test runs seed 1.
-MARGIN = {"CoOp": 2.0, "ALIGN": 6.0}
+# ALIGN 57.9 / 58.2 / 58.9%, i.e. +8.5 / +8.8 / +9.5), and with `python train.py ... --config-file
+# configs/trainers/<T>/miniclip.yaml DATASET.NUM_SHOTS 16 --seed S` (README, "MaPLe-style deep prompting"): MaPLe
+# 57.0 / 55.7 / 57.4 (+7.6 / +6.3 / +8.0), IVLP 57.6 / 55.4 / 56.8 (+8.2 / +6.0 / +7.4), VPT 55.6 / 54.9 / 55.5
+# (+6.2 / +5.5 / +6.1), PromptSRC 53.0 / 53.0 / 53.8 (+3.6 / +3.6 / +4.4). The test runs seed 1.
+MARGIN = {"CoOp": 2.0, "ALIGN": 6.0, "MaPLe": 5.0, "IVLP": 5.0, "VPT": 4.0, "PromptSRC": 2.5}
 RECORDED: dict = {}
 
 
@@ -52,7 +59,7 @@ def zeroshot(data_root, tmp_path_factory) -> float:
     return rec["metrics"]["accuracy"]
 
 
-@pytest.mark.parametrize("trainer", ["CoOp", "ALIGN"])
+@pytest.mark.parametrize("trainer", list(MARGIN))
 def test_prompt_learning_beats_zeroshot(trainer, zeroshot, data_root, tmp_path):
     rec = run(data_root, tmp_path / trainer, trainer, f"configs/trainers/{trainer}/miniclip.yaml",
               "DATASET.NUM_SHOTS", "16")
@@ -73,6 +80,23 @@ def test_base_to_new_end_to_end(data_root, tmp_path):
     RECORDED["CoOp base"], RECORDED["CoOp new"] = b, n
     RECORDED["CoOp H"] = 2 * b * n / (b + n)
     assert b > 100 / 5 and n > 100 / 5
+
+
+def test_maple_base_to_new_through_the_script(data_root, tmp_path):
+    """scripts/base2new.sh end to end for MaPLe (seed 1, 10 epochs): train on the base classes, evaluate the saved
+    prompts on the new classes, print the Base / New / H summary."""
+    env = dict(os.environ, DATA=str(data_root), OUT=str(tmp_path), SEEDS="1", OMP_WAIT_POLICY="PASSIVE",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    r = subprocess.run(["bash", "scripts/base2new.sh", "MaPLe", "miniclip", "fashion_mnist_shift", "10",
+                        "OPTIM.MAX_EPOCH", "10"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    tail = "fashion_mnist_shift/shots_16/MaPLe/miniclip/seed1/results.jsonl"
+    base, new = (json.loads((tmp_path / "base2new" / d / tail).read_text().splitlines()[-1])
+                 for d in ("train_base", "test_new"))
+    assert base["num_classes"] == new["num_classes"] == 5 and new["model_dir"] and new["epoch"] == 10
+    b, n = base["metrics"]["accuracy"], new["metrics"]["accuracy"]
+    RECORDED["MaPLe base"], RECORDED["MaPLe new"] = b, n
+    assert b > 100 / 5 and n > 100 / 5 and "MaPLe" in r.stdout
 
 
 OTHERS = {

@@ -277,3 +277,17 @@ def test_demo_writes_its_table_and_figure(tmp_path):
     assert "| CoOp " in (tmp_path / "demo.md").read_text() and "57.9" in (tmp_path / "demo.md").read_text()
     assert list(csv.reader(open(tmp_path / "demo.csv")))[2][:5] == ["CoOp", "FashionMNISTShift", "16", "1", "54.5"]
     assert (tmp_path / "demo.png").stat().st_size > 1000
+
+
+def test_variants_of_one_trainer_are_separate_rows(tmp_path):
+    # IVLP 2+2 and IVLP language-only are both trainer IVLP; their config files tell them apart
+    for cfg, b in (("vit_b16_c2_ep5_batch4_2+2ctx", 82.0), ("vit_b16_c2_ep5_batch4_4ctx_language_only", 81.0)):
+        for seed in (1, 2):
+            run = put(tmp_path, f"{cfg}/{seed}", rec("IVLP", "DescribableTextures", b + seed, seed, sub="base",
+                                                    epoch=5, group=f"g-{cfg}"))
+            Path(run, "log.txt").write_text(f"** Arguments **\nconfig_file: configs/trainers/IVLP/{cfg}.yaml\n")
+    sec = [s for s in report(tmp_path).sections if s.protocol == "base2new"][0]
+    rows = {(r["origin"], r["setting"]): r for r in sec.csv if r["dataset"] == "DescribableTextures"}
+    lang = rows[("vit_b16_c2_ep5_batch4_4ctx_language_only", "base")]
+    assert lang["status"] == "ok" and float(lang["mean"]) == pytest.approx(82.5)
+    assert float(rows[("vit_b16_c2_ep5_batch4_2+2ctx", "base")]["mean"]) == pytest.approx(83.5)

@@ -21,6 +21,8 @@ ARGS = {
     "plot/main.sh": ["dtd", "4"], "plot/fewshot.sh": ["dtd"], "plotpp/main_visiononly.sh": ["dtd", "4"],
     "plotpp/main_joint.sh": ["dtd", "4"], "align/fewshot.sh": ["dtd"],
     "base2new.sh": ["CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1", "dtd", "10"],
+    "maple/base2new_train_maple.sh": ["dtd", "1"], "maple/base2new_test_maple.sh": ["dtd", "1"],
+    "maple/xd_train_maple.sh": ["imagenet", "1"], "maple/xd_test_maple.sh": ["dtd", "1"],
 }
 SCRIPTS = sorted(str(p.relative_to(ROOT / "scripts")) for p in (ROOT / "scripts").rglob("*.sh")
                  if p.name not in ("install.sh", "_sweep.sh", "finished.sh"))
@@ -51,6 +53,26 @@ def test_reference_interfaces_print_the_reference_commands():
     assert dry("coop/zeroshot.sh", "dtd", "rn50") == [zeroshot("dtd", "rn50")]
     cmds = dry("coop/eval.sh", "imagenet_sketch", "vit_b16_ep50")
     assert [coop_eval("imagenet_sketch", "vit_b16_ep50", s) for s in (1, 2, 3)] == [c for c in cmds if "--eval-only" in c]
+
+
+def test_maple_scripts_use_its_configs_and_load_epochs():
+    cfg, xcfg = "vit_b16_c2_ep5_batch4_2ctx", "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"
+    (test,) = dry("maple/base2new_test_maple.sh", "eurosat", "2")
+    tail = f"eurosat/shots_16/MaPLe/{cfg}/seed2"
+    assert test[test.index("--model-dir") + 1] == f"output/base2new/train_base/{tail}"
+    assert test[test.index("--output-dir") + 1] == f"output/base2new/test_new/{tail}"
+    assert test[test.index("--load-epoch") + 1] == "5"  # baselines.md §6: LOADEP=5
+    (train,) = dry("maple/xd_train_maple.sh", "imagenet", "1")
+    assert train[train.index("--output-dir") + 1] == f"output/imagenet/MaPLe/{xcfg}_16shots/seed1"
+    (xd,) = dry("maple/xd_test_maple.sh", "imagenet_r", "1")
+    assert xd[xd.index("--load-epoch") + 1] == "2"  # the cross-dataset config trains 2 epochs
+
+
+def test_a_trainer_without_an_entry_runs_with_config():
+    env = dict(SEEDS="1")
+    cmds = dry("base2new.sh", "MaPLe", "miniclip", "fashion_mnist_shift", "10", "OPTIM.MAX_EPOCH", "10", **env)
+    assert len(cmds) == 2 and cmds[1][cmds[1].index("--load-epoch") + 1] == "10"
+    assert "configs/trainers/MaPLe/miniclip.yaml" in cmds[0]
 
 
 def test_extra_options_are_passed_last(tmp_path):

@@ -1,64 +1,45 @@
 """CoOp: learnable context vectors for the text prompts of a frozen CLIP (Zhou et al., IJCV 2022).
 
 Config ``TRAINER.COOP``: ``N_CTX 16``, ``CSC False``, ``CTX_INIT ""``, ``PREC fp16``,
-``CLASS_TOKEN_POSITION end`` (as in the reference). Only the context is learned and saved.
+``CLASS_TOKEN_POSITION end`` (as in the reference). Only the context is learned and saved; its checkpoint key
+``ctx`` is the reference's, so CoOp's released prompt learners load as they are.
+
+Composition: :class:`~promptot.prompts.TextPrompts` + :class:`~promptot.model.CosineModel`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-from promptot.config import check_choice, register_trainer_config, resolve
+from promptot.config import PrecisionConfig, check_choice, check_context, register_trainer_config
 from promptot.engine import TRAINER_REGISTRY
+from promptot.model import CosineModel
 from promptot.prompts import POSITIONS, TextPrompts
-from promptot.trainer import PRECISIONS, PromptTrainer
+from promptot.trainer import PromptTrainer
 
 
 @register_trainer_config("COOP")
 @dataclass
-class CoOpConfig:
+class CoOpConfig(PrecisionConfig):
     N_CTX: int = 16
     CSC: bool = False
     CTX_INIT: str = ""
-    PREC: str = "fp16"
     CLASS_TOKEN_POSITION: str = "end"
 
     def __post_init__(self) -> None:
-        check_choice("TRAINER.COOP.PREC", self.PREC, PRECISIONS)
-        check_choice("TRAINER.COOP.CLASS_TOKEN_POSITION", self.CLASS_TOKEN_POSITION, POSITIONS)
+        super().__post_init__()
+        check_choice(self.key("CLASS_TOKEN_POSITION"), self.CLASS_TOKEN_POSITION, POSITIONS)
+        check_context(self)
 
 
-class CoOpModel(nn.Module):
-    """Frozen prompted CLIP + learnable text context; ``forward(images) -> logits [B, C]``."""
-
-    def __init__(self, clip, prompt_learner: TextPrompts) -> None:
-        super().__init__()
-        self.clip = clip
-        self.prompt_learner = prompt_learner
-
-    def text_features(self) -> torch.Tensor:
-        embeds, ids = self.prompt_learner()
-        return F.normalize(self.clip.encode_text(embeds, ids).features, dim=-1)
-
-    def forward(self, images: torch.Tensor, text_features: torch.Tensor = None) -> torch.Tensor:
-        img = F.normalize(self.clip.encode_image(images).features, dim=-1)
-        txt = self.text_features() if text_features is None else text_features
-        return self.clip.logit_scale.exp() * img @ txt.t()
+def coop_prompts(trainer: PromptTrainer, clip, c: CoOpConfig) -> TextPrompts:
+    """CoOp's prompt learner for a trainer's class names (also the learner of KgCoOp and ProGrad)."""
+    return TextPrompts(clip, trainer.classnames, n_ctx=c.N_CTX, ctx_init=c.CTX_INIT, init_mode="coop", csc=c.CSC,
+                       position=c.CLASS_TOKEN_POSITION, dtype=trainer.param_dtype)
 
 
 @TRAINER_REGISTRY.register()
 class CoOp(PromptTrainer):
-    def build_model(self) -> None:
-        self.coop = c = resolve(self.cfg, CoOpConfig)
-        clip = self.build_clip(c.PREC)
-        learner = TextPrompts(clip, self.classnames, n_ctx=c.N_CTX, ctx_init=c.CTX_INIT, init_mode="coop",
-                              csc=c.CSC, position=c.CLASS_TOKEN_POSITION,
-                              dtype=torch.float32 if c.PREC == "amp" else clip.dtype)
-        self.model = CoOpModel(clip, learner).to(self.device)
-        self.register_learner("prompt_learner", self.model.prompt_learner)
+    config_class = CoOpConfig
 
-    def static_text(self):
-        return self.model.text_features()
+    def compose(self, clip, c: CoOpConfig) -> CosineModel:
+        return CosineModel(clip, coop_prompts(self, clip, c))

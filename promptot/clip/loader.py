@@ -22,10 +22,13 @@ import open_clip.pretrained as oc_pretrained
 import torch
 from open_clip.model import CLIP, build_model_from_openai_state_dict, convert_weights_to_lp
 
+from promptot.errors import UserError
+
 from .tokenizer import EOT_TOKEN, SOT_TOKEN, token_length, tokenize
 
 __all__ = [
-    "BackboneNotFoundError", "REFERENCE_NAMES", "register_backbone", "registered_backbones", "load_clip",
+    "BackboneError", "BackboneNotFoundError",
+    "REFERENCE_NAMES", "register_backbone", "registered_backbones", "load_clip",
     "tokenize", "token_length", "SOT_TOKEN", "EOT_TOKEN", "DEFAULT_CACHE_DIR",
 ]
 
@@ -33,8 +36,12 @@ DEFAULT_CACHE_DIR = os.path.expanduser("~/.cache/clip")  # where OpenAI's clip.l
 PRECISIONS = ("fp16", "fp32", "amp")
 
 
-class BackboneNotFoundError(RuntimeError):
+class BackboneNotFoundError(UserError, RuntimeError):
     """The requested CLIP weights are not available locally and could not be downloaded."""
+
+
+class BackboneError(UserError, ValueError):
+    """An unknown backbone name, or a file or model that promptot cannot use as a CLIP backbone."""
 
 
 # Reference-repo backbone name (MODEL.BACKBONE.NAME) -> (open_clip model name, pretrained tag).
@@ -50,6 +57,20 @@ REFERENCE_NAMES: Dict[str, Tuple[str, str]] = {
 }
 
 _REGISTRY: Dict[str, Callable[[], str]] = {}
+
+# Input resolution of the named backbones (known before loading: lets a config be checked before any weight is read).
+_IMAGE_SIZE: Dict[str, int] = {"RN50": 224, "RN101": 224, "RN50x4": 288, "RN50x16": 384, "ViT-B/32": 224,
+                               "ViT-B/16": 224, "ViT-L/14": 224, "ViT-L/14@336px": 336}
+
+
+def expected_image_size(name: str) -> Optional[int]:
+    """Input side of a named backbone (reference names and registered backbones that declare it), else None."""
+    return _IMAGE_SIZE.get(name)
+
+
+def declare_image_size(name: str, size: int) -> None:
+    """Declare the input side of a registered backbone, so configs are checked before it is loaded."""
+    _IMAGE_SIZE[name] = int(size)
 
 
 def register_backbone(name: str, resolver: Callable[[], str]) -> None:
@@ -84,7 +105,7 @@ def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a TorchScript archive or a state dict, found {type(obj).__name__}")
+        raise BackboneError(f"{path}: expected a TorchScript archive or a state dict, found {type(obj).__name__}")
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel / DDP
         sd = {k[len("module."):]: v for k, v in sd.items()}
@@ -96,7 +117,7 @@ def _build_from_state_dict(sd: Dict[str, torch.Tensor], source: str, precision: 
     needed = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection")
     missing = [k for k in needed if k not in sd]
     if missing or not any(k.startswith("visual.") for k in sd):
-        raise ValueError(
+        raise BackboneError(
             f"{source} is not an OpenAI-format CLIP checkpoint (missing {missing or 'visual.* keys'}); "
             f"expected keys like token_embedding.weight, visual.conv1.weight, transformer.resblocks.0.*")
     # JIT archives carry these ints as buffers; they are not parameters of the eager model.
@@ -165,7 +186,7 @@ def _open_clip_tagged(model_name: str, tag: str, precision: str, device, cache_d
             f"Without network, download the checkpoint elsewhere and pass it with MODEL.BACKBONE.PATH "
             f"(OpenAI-format files only) or place it in open_clip's cache dir ({cache_dir or 'its default'}).") from e
     if not isinstance(model, CLIP):
-        raise ValueError(
+        raise BackboneError(
             f"{model_name}:{tag} builds a {type(model).__name__}, but promptot needs an open_clip CLIP with a "
             f"built-in text tower (token_embedding, transformer, ln_final); choose another model")
     if precision == "fp16":
@@ -173,10 +194,10 @@ def _open_clip_tagged(model_name: str, tag: str, precision: str, device, cache_d
     return _finish(model, device)
 
 
-def _unknown(name: str) -> ValueError:
+def _unknown(name: str) -> "BackboneError":
     known = list(REFERENCE_NAMES) + list(_REGISTRY)
     close = difflib.get_close_matches(name, known + open_clip.list_models(), n=3)
-    return ValueError(
+    return BackboneError(
         f"Unknown CLIP backbone {name!r}. Reference names: {', '.join(REFERENCE_NAMES)}. "
         f"Registered names: {', '.join(sorted(_REGISTRY)) or '(none)'}. Any open_clip model also works as "
         f"'MODEL:TAG' (see open_clip.list_pretrained(), e.g. 'ViT-B-32:laion2b_s34b_b79k'), and a local file via "
@@ -203,10 +224,10 @@ def load_clip(
 
     Raises:
         BackboneNotFoundError: the file is missing or the weights cannot be downloaded.
-        ValueError: unknown name, bad precision, or a file that is not an OpenAI-format CLIP.
+        BackboneError: unknown name, bad precision, or a file that is not an OpenAI-format CLIP.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise BackboneError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if path:
         return _load_file(path, precision, device, repr(name) if name else "the given path")
     if name in _REGISTRY:
@@ -219,7 +240,7 @@ def load_clip(
         if not tag:
             if not oc_pretrained.get_pretrained_url(model_name, "openai"):
                 tags = oc_pretrained.list_pretrained_tags_by_model(model_name)
-                raise ValueError(
+                raise BackboneError(
                     f"open_clip model {model_name!r} has no OpenAI weights; name a tag as '{model_name}:TAG' "
                     f"(available: {', '.join(tags) or 'none'})")
             tag = "openai"

@@ -2,23 +2,27 @@
 re-driven block by block so that prompts can be inserted.
 
 Text tower (CoOp / CoCoOp / MaPLe / IVLP): the caller builds prompt embeddings ``[P, L, Dt]`` (learned
-context spliced into token embeddings); ``deep_prompts[k]`` replaces positions
-``deep_start .. deep_start+n-1`` of the input of block ``k+1``; the feature is the EOT row after
-``ln_final`` projected by ``text_projection``.
+context spliced into token embeddings); the feature is the pooled row (EOT for OpenAI models, following
+open_clip's ``text_pool_type``) after ``ln_final``, projected by ``text_projection``.
 
-Vision tower, ViT (MaPLe / IVLP / VPT): shallow prompts are appended after the ``1 + O`` CLS/patch
-tokens (after the positional embedding, before ``ln_pre``); ``deep_prompts[k]`` replaces the last
-``n`` tokens of the input of block ``k+1``. Vision tower, ModifiedResNet (PLOT): optionally returns the
-attention-pool output at every spatial position as local features.
+Vision tower, ViT (MaPLe / IVLP / VPT / DPT): shallow prompts are appended after the ``1 + O`` CLS/patch
+tokens (after the positional embedding, before ``ln_pre``). Vision tower, ModifiedResNet (PLOT): optionally
+returns the attention-pool output at every spatial position as local features.
 
-``LayerHooks`` are called around every transformer block of both towers (after any deep-prompt
-replacement), so methods such as DPT can append tokens before a block and drop them after it.
-With no prompts the outputs equal ``clip.encode_text`` / ``clip.encode_image``.
+Everything that happens between transformer blocks is a :class:`BlockHook`: a list of hooks is applied
+around every block of a tower (``before_block`` in list order, ``after_block`` in reverse order, so hooks
+nest), each hook may replace, append or drop tokens and may write auxiliary outputs (e.g. DPT's per-layer
+class-aware logits) into ``state.aux``, which comes back as ``TextOutput.aux`` / ``VisionOutput.aux``.
+Deep prompts (MaPLe/IVLP/VPT/ALIGN) are the built-in :class:`DeepPromptHook`; per-block appended tokens
+(DPT's deep VPT and CAVPT) are :class:`AppendTokensHook`. With no prompts and no hooks the outputs equal
+``clip.encode_text`` / ``clip.encode_image``.
+
+Requires open_clip >= 2.23 (``CLIP.text_pool_type``, ``VisionTransformer.pool_type``/``attn_pool``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,25 +32,30 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["TextOutput", "VisionOutput", "LayerHooks", "PromptedCLIP"]
+__all__ = ["TextOutput", "VisionOutput", "BlockState", "BlockHook", "DeepPromptHook", "AppendTokensHook",
+           "PromptedCLIP", "OPEN_CLIP_MIN_VERSION"]
 
+OPEN_CLIP_MIN_VERSION = "2.23"
 DeepPrompts = Optional[Sequence[Optional[Tensor]]]
+Hooks = Optional[Union["BlockHook", Sequence["BlockHook"]]]
 
 
 @dataclass
 class TextOutput:
     """Text-tower outputs.
 
-    features: ``[P, E]`` EOT feature after ``ln_final`` and ``text_projection`` (not normalised).
+    features: ``[P, E]`` pooled (EOT) feature after ``ln_final`` and ``text_projection`` (not normalised).
     tokens: ``[P, L', E]`` every position after ``ln_final`` and projection (``return_tokens=True``).
         With truncation ``L' <= L``. Positions after ``eot_index`` are padding that still carries values:
         callers mask them (e.g. ``arange(L') <= eot_index[:, None]``).
-    eot_index: ``[P]`` position of the EOT token in each prompt.
+    eot_index: ``[P]`` position of the pooled (EOT) token in each prompt.
+    aux: auxiliary outputs written by hooks (``state.aux``).
     """
 
     features: Tensor
     tokens: Optional[Tensor] = None
     eot_index: Optional[Tensor] = None
+    aux: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,24 +66,117 @@ class VisionOutput:
     patch_tokens: ``[B, O, E]`` (ViT: ``ln_post(patches) @ proj``; RN: attention pool with each of the
         ``O = H*W`` spatial positions as query) when ``return_tokens=True``.
     prompt_tokens: ``[B, n, E]`` ViT outputs at the visual prompt positions (``return_tokens`` and prompts).
+    aux: auxiliary outputs written by hooks (``state.aux``).
     """
 
     features: Tensor
     patch_tokens: Optional[Tensor] = None
     prompt_tokens: Optional[Tensor] = None
+    aux: Dict[str, Any] = field(default_factory=dict)
 
 
-class LayerHooks(Protocol):
-    """Per-block hooks; ``x`` is batch-first ``[B, T, D]``. Both must return the (possibly new) tensor.
+@dataclass
+class BlockState:
+    """What a hook sees besides the block input.
 
-    ``before_block`` sees the block input after any deep-prompt replacement. A hook that appends
-    tokens in ``before_block`` must remove them in ``after_block`` (deep prompts and pooling index the
-    sequence by position). In the text tower the causal mask is rebuilt for the current length.
+    tower: ``"text"`` or ``"vision"``.
+    n_blocks: number of blocks in the tower.
+    n_fixed: vision: the number of CLS + patch tokens (later positions are prompt slots); text: None.
+    aux: a dict hooks write auxiliary outputs into; returned as ``TextOutput.aux`` / ``VisionOutput.aux``.
+    fit: ``fit(p, what) -> Tensor``: cast ``p`` (``[n, D]`` or ``[1|B, n, D]``) to the model dtype and broadcast
+        it to the batch, ``[B, n, D]``; ``what`` names the tensor in the error raised on a wrong shape.
     """
 
-    def before_block(self, i: int, x: Tensor) -> Tensor: ...
+    tower: str
+    n_blocks: int
+    n_fixed: Optional[int]
+    aux: Dict[str, Any]
+    fit: Callable[[Tensor, str], Tensor]
 
-    def after_block(self, i: int, x: Tensor) -> Tensor: ...
+
+class BlockHook:
+    """A hook around transformer blocks; ``x`` is batch-first ``[B, T, D]``. Override what you need.
+
+    ``before_block`` runs on the input of block ``i`` and ``after_block`` on its output; both return the
+    (possibly new) tensor. A hook that appends tokens before a block must drop them after it (pooling and
+    deep prompts index the sequence by position); in the text tower the causal mask is rebuilt for the
+    current length. ``min_length`` (text only): positions that truncation after EOT must keep.
+    """
+
+    min_length: int = 0
+
+    def before_block(self, i: int, x: Tensor, state: BlockState) -> Tensor:
+        return x
+
+    def after_block(self, i: int, x: Tensor, state: BlockState) -> Tensor:
+        return x
+
+
+class DeepPromptHook(BlockHook):
+    """Deep prompts: ``prompts[k]`` (``[n, D]`` or ``[B, n, D]``, or None to skip) replaces the prompt slots of
+    the input of block ``k + 1``. Text: positions ``start .. start+n-1`` (``start=1``: right after SOS). Vision:
+    the ``n`` slots right after the CLS + patch tokens (the shallow prompt's slots)."""
+
+    def __init__(self, prompts: Sequence[Optional[Tensor]], start: int = 1) -> None:
+        self.prompts = list(prompts)
+        self.start = start
+        sizes = [p.shape[-2] for p in self.prompts if p is not None]
+        self.min_length = start + max(sizes) if sizes else 0
+
+    def before_block(self, i: int, x: Tensor, state: BlockState) -> Tensor:
+        if i < 1 or i - 1 >= len(self.prompts) or self.prompts[i - 1] is None:
+            return x
+        p = state.fit(self.prompts[i - 1], f"deep {state.tower} prompt {i - 1}")
+        n = p.shape[1]
+        if state.tower == "text":
+            start = self.start
+            if start < 1 or start + n > x.shape[1]:
+                raise ValueError(f"deep text prompt {i - 1} ({n} tokens from position {start}) does not fit in a "
+                                 f"sequence of {x.shape[1]} positions")
+        else:
+            start = int(state.n_fixed)
+            if x.shape[1] - start != n:
+                raise ValueError(f"deep visual prompt {i - 1} has {n} tokens but the shallow prompt has "
+                                 f"{x.shape[1] - start}; they replace the same slots and must match")
+        return torch.cat([x[:, :start], p, x[:, start + n:]], dim=1)
+
+
+class AppendTokensHook(BlockHook):
+    """Tokens appended to the input of some blocks and dropped from their outputs (DPT's deep VPT gives each
+    of the first blocks fresh prompts; CAVPT appends class-aware prompts to the last ones).
+
+    ``tokens``: block index -> ``[n, D]`` or ``[B, n, D]``. ``keep``: optional callback
+    ``keep(i, dropped [B, n, D], state)`` that sees the dropped outputs (e.g. to write them to ``state.aux``).
+    """
+
+    def __init__(self, tokens: Mapping[int, Tensor],
+                 keep: Optional[Callable[[int, Tensor, BlockState], None]] = None) -> None:
+        self.tokens = dict(tokens)
+        self.keep = keep
+        self._n: Dict[int, int] = {}
+
+    def before_block(self, i: int, x: Tensor, state: BlockState) -> Tensor:
+        if i not in self.tokens:
+            return x
+        p = state.fit(self.tokens[i], f"appended {state.tower} tokens of block {i}")
+        self._n[i] = p.shape[1]
+        return torch.cat([x, p], dim=1)
+
+    def after_block(self, i: int, x: Tensor, state: BlockState) -> Tensor:
+        n = self._n.pop(i, 0)
+        if not n:
+            return x
+        if self.keep is not None:
+            self.keep(i, x[:, -n:], state)
+        return x[:, :-n]
+
+
+def _as_list(hooks: Hooks) -> List[BlockHook]:
+    if hooks is None:
+        return []
+    if isinstance(hooks, BlockHook) or not isinstance(hooks, (list, tuple)):
+        return [hooks]  # type: ignore[list-item]
+    return list(hooks)
 
 
 def _project(x: Tensor, proj: Union[Tensor, nn.Module, None]) -> Tensor:
@@ -94,6 +196,9 @@ class PromptedCLIP(nn.Module):
     images are cast to it.
     """
 
+    #: open_clip text pooling types this module can follow (``last`` disables truncation after EOT)
+    TEXT_POOLS = ("argmax", "eos", "first", "last")
+
     def __init__(self, clip_model: CLIP, keep_eval: bool = True) -> None:
         """``keep_eval``: ``train()`` leaves the CLIP in eval mode (see :meth:`train`)."""
         super().__init__()
@@ -101,7 +206,18 @@ class PromptedCLIP(nn.Module):
             raise TypeError(
                 f"PromptedCLIP needs an open_clip.model.CLIP (built-in text tower), got {type(clip_model).__name__}; "
                 f"load it with promptot.clip.load_clip")
+        missing = [a for a in ("text_pool_type", "attn_mask", "token_embedding", "ln_final")
+                   if not hasattr(clip_model, a)]
         visual = clip_model.visual
+        if isinstance(visual, VisionTransformer):
+            missing += [f"visual.{a}" for a in ("pool_type", "attn_pool", "final_ln_after_pool", "patch_dropout")
+                        if not hasattr(visual, a)]
+        if missing:
+            import open_clip
+
+            raise ImportError(
+                f"open_clip {getattr(open_clip, '__version__', '?')} lacks {', '.join(missing)}, which PromptedCLIP "
+                f"reads; install open_clip_torch>={OPEN_CLIP_MIN_VERSION} (pip install -U open_clip_torch)")
         if isinstance(visual, VisionTransformer):
             if visual.attn_pool is not None or visual.final_ln_after_pool or visual.pool_type != "tok":
                 raise NotImplementedError(
@@ -110,6 +226,12 @@ class PromptedCLIP(nn.Module):
         elif not isinstance(visual, ModifiedResNet):
             raise NotImplementedError(
                 f"PromptedCLIP supports VisionTransformer and ModifiedResNet towers, got {type(visual).__name__}")
+        if clip_model.text_pool_type not in self.TEXT_POOLS:
+            raise NotImplementedError(
+                f"PromptedCLIP pools text with one of {self.TEXT_POOLS}; this model's text_pool_type is "
+                f"{clip_model.text_pool_type!r}")
+        if getattr(clip_model, "cls_emb", None) is not None:
+            raise NotImplementedError("text towers with an appended CLS embedding (CoCa-style) are not supported")
         self.clip = clip_model
         self.keep_eval = keep_eval
 
@@ -200,14 +322,45 @@ class PromptedCLIP(nn.Module):
                 f"{what} must have shape [n, {width}] or [{b}, n, {width}] (batch {b}), got {tuple(p.shape)}")
         return p.to(self.dtype).expand(b, -1, -1)
 
+    def _state(self, tower: str, n_blocks: int, batch: int, width: int, n_fixed: Optional[int]) -> BlockState:
+        return BlockState(tower=tower, n_blocks=n_blocks, n_fixed=n_fixed, aux={},
+                          fit=lambda p, what: self._batch(p, batch, width, what))
+
     @staticmethod
-    def _check_deep(deep: DeepPrompts, n_blocks: int, tower: str) -> list:
+    def _deep_hook(deep: DeepPrompts, n_blocks: int, tower: str, start: int = 1) -> List[BlockHook]:
+        """``deep_prompts`` sugar: a :class:`DeepPromptHook` (first in the hook list), checked against the depth."""
         deep = list(deep) if deep is not None else []
         if len(deep) > n_blocks - 1:
             raise ValueError(
                 f"{len(deep)} deep prompts given for the {tower} tower, which has {n_blocks} blocks: deep_prompts[k] "
                 f"replaces the input of block k+1, so at most {n_blocks - 1} entries fit")
-        return deep
+        return [DeepPromptHook(deep, start=start)] if any(p is not None for p in deep) else []
+
+    def _run_blocks(self, blocks, x: Tensor, hooks: List[BlockHook], state: BlockState, batch_first: bool,
+                    use_ckpt: bool, causal: bool) -> Tensor:
+        """Every block with the hooks around it (``before_block`` in order, ``after_block`` in reverse order)."""
+        for i, blk in enumerate(blocks):
+            for h in hooks:
+                x = h.before_block(i, x, state)
+            mask = self._causal_mask(x.shape[1], x) if causal else None
+            x = self._run_block(blk, x, mask, batch_first, use_ckpt)
+            for h in reversed(hooks):
+                x = h.after_block(i, x, state)
+        return x
+
+    def _pool_index(self, token_ids: Tensor, length: int) -> Tensor:
+        """Index of the pooled token of each prompt, following open_clip's ``text_pool_type``."""
+        pool = self.clip.text_pool_type
+        if pool == "argmax":  # OpenAI: EOT has the largest id
+            return token_ids.argmax(dim=-1)
+        if pool == "eos":
+            eos = getattr(self.clip, "text_eos_id", None)
+            if eos is None:
+                raise ValueError("text_pool_type 'eos' needs the model's text_eos_id")
+            return (token_ids == eos).int().argmax(dim=-1)
+        if pool == "first":
+            return torch.zeros(token_ids.shape[0], dtype=torch.long, device=token_ids.device)
+        return torch.full((token_ids.shape[0],), length - 1, dtype=torch.long, device=token_ids.device)
 
     # ------------------------------------------------------------------ text
     def embed_tokens(self, token_ids: Tensor) -> Tensor:
@@ -222,19 +375,20 @@ class PromptedCLIP(nn.Module):
         deep_start: int = 1,
         return_tokens: bool = False,
         truncate: bool = True,
-        hooks: Optional[LayerHooks] = None,
+        hooks: Hooks = None,
     ) -> TextOutput:
         """Encode prompt embeddings.
 
         Args:
             prompt_embeds: ``[P, L, Dt]`` input embeddings (shallow prompts already spliced in).
-            token_ids: ``[P, L]`` the matching token ids; only used to find EOT (argmax, EOT being the largest id).
+            token_ids: ``[P, L]`` the matching token ids; only used to find the pooled (EOT) position.
             deep_prompts: entry k (``[n, Dt]`` or ``[P, n, Dt]``, or None to skip) replaces positions
-                ``deep_start .. deep_start+n-1`` of the input of block k+1; at most ``text_layers - 1`` entries.
+                ``deep_start .. deep_start+n-1`` of the input of block k+1; at most ``text_layers - 1`` entries
+                (a :class:`DeepPromptHook` run before ``hooks``).
             deep_start: first replaced position (1 = right after SOS).
             return_tokens: also return every position, projected.
             truncate: cut the sequence right after the longest EOT (exact under the causal mask, much faster).
-            hooks: per-block hooks.
+            hooks: a :class:`BlockHook` or a list of them, applied around every block.
         """
         if prompt_embeds.dim() != 3 or token_ids.shape != prompt_embeds.shape[:2]:
             raise ValueError(
@@ -246,40 +400,24 @@ class PromptedCLIP(nn.Module):
         dtype = self.dtype
         transformer = self.clip.transformer
         blocks = transformer.resblocks
-        deep = self._check_deep(deep_prompts, len(blocks), "text")
-        deep = [None if p is None else self._batch(p, n_prompts, self.text_width, f"deep text prompt {k}")
-                for k, p in enumerate(deep)]
+        hook_list = self._deep_hook(deep_prompts, len(blocks), "text", deep_start) + _as_list(hooks)
 
-        eot = token_ids.argmax(dim=-1)
+        eot = self._pool_index(token_ids, length)
         x = prompt_embeds.to(dtype) + self.clip.positional_embedding[:length].to(dtype)
-        if truncate:
+        if truncate and self.clip.text_pool_type != "last":
             # Under the causal mask no position attends to later ones, so dropping everything after the
-            # longest EOT leaves every kept position unchanged; keep replaced deep-prompt slots anyway.
-            end = int(eot.max()) + 1
-            end = max([end] + [deep_start + p.shape[1] for p in deep if p is not None])
+            # longest EOT leaves every kept position unchanged; keep the slots hooks replace anyway.
+            end = max([int(eot.max()) + 1] + [h.min_length for h in hook_list])
             x = x[:, : min(end, length)]
-        batch_first = getattr(transformer, "batch_first", True)
-        use_ckpt = bool(getattr(transformer, "grad_checkpointing", False))
-        for i, blk in enumerate(blocks):
-            if i >= 1 and i - 1 < len(deep) and deep[i - 1] is not None:
-                p = deep[i - 1]
-                stop = deep_start + p.shape[1]
-                if deep_start < 1 or stop > x.shape[1]:
-                    raise ValueError(
-                        f"deep text prompt {i - 1} ({p.shape[1]} tokens from position {deep_start}) does not fit in "
-                        f"a sequence of {x.shape[1]} positions")
-                x = torch.cat([x[:, :deep_start], p, x[:, stop:]], dim=1)
-            if hooks is not None:
-                x = hooks.before_block(i, x)
-            x = self._run_block(blk, x, self._causal_mask(x.shape[1], x), batch_first, use_ckpt)
-            if hooks is not None:
-                x = hooks.after_block(i, x)
+        state = self._state("text", len(blocks), n_prompts, self.text_width, None)
+        x = self._run_blocks(blocks, x, hook_list, state, getattr(transformer, "batch_first", True),
+                             bool(getattr(transformer, "grad_checkpointing", False)), causal=True)
         x = self.clip.ln_final(x)
         rows = torch.arange(n_prompts, device=x.device)
         if return_tokens:
             tokens = _project(x, self.clip.text_projection)
-            return TextOutput(features=tokens[rows, eot], tokens=tokens, eot_index=eot)
-        return TextOutput(features=_project(x[rows, eot], self.clip.text_projection), eot_index=eot)
+            return TextOutput(features=tokens[rows, eot], tokens=tokens, eot_index=eot, aux=state.aux)
+        return TextOutput(features=_project(x[rows, eot], self.clip.text_projection), eot_index=eot, aux=state.aux)
 
     def encode_text_ids(self, token_ids: Tensor) -> Tensor:
         """Stock text features ``[P, E]`` (zero-shot path) for ``token_ids [P, L]``."""
@@ -292,36 +430,36 @@ class PromptedCLIP(nn.Module):
         prompts: Optional[Tensor] = None,
         deep_prompts: DeepPrompts = None,
         return_tokens: bool = False,
-        hooks: Optional[LayerHooks] = None,
+        hooks: Hooks = None,
     ) -> VisionOutput:
         """Encode images ``[B, 3, H, W]``.
 
         Args:
             prompts: ViT only, ``[n, Dv]`` or ``[B, n, Dv]`` appended after the CLS + patch tokens.
-            deep_prompts: ViT only; entry k (``[n, Dv]``/``[B, n, Dv]`` or None) replaces the last n tokens
-                (the prompt slots) of the input of block k+1. Requires ``prompts``.
+            deep_prompts: ViT only; entry k (``[n, Dv]``/``[B, n, Dv]`` or None) replaces the prompt slots
+                of the input of block k+1 (a :class:`DeepPromptHook` run before ``hooks``). Requires ``prompts``.
             return_tokens: also return patch (ViT) / spatial (RN) tokens and prompt-position outputs.
-            hooks: per-block hooks (ViT only).
+            hooks: ViT only, a :class:`BlockHook` or a list of them, applied around every block.
         """
         if not self.is_vit:
-            if prompts is not None or deep_prompts is not None or hooks is not None:
+            if prompts is not None or deep_prompts is not None or hooks:
                 raise ValueError(
                     "visual prompts, deep prompts and hooks need a ViT backbone; this model has a ModifiedResNet "
                     "vision tower (use a ViT-B/16-style backbone for vision prompting)")
             return self._encode_image_rn(images, return_tokens)
-        return self._encode_image_vit(images, prompts, deep_prompts, return_tokens, hooks)
+        return self._encode_image_vit(images, prompts, deep_prompts, return_tokens, _as_list(hooks))
 
     def _encode_image_vit(self, images: Tensor, prompts: Optional[Tensor], deep_prompts: DeepPrompts,
-                          return_tokens: bool, hooks: Optional[LayerHooks]) -> VisionOutput:
+                          return_tokens: bool, hooks: List[BlockHook]) -> VisionOutput:
         v = self.clip.visual
         dtype = self.dtype
         batch = images.shape[0]
         blocks = v.transformer.resblocks
-        deep = self._check_deep(deep_prompts, len(blocks), "vision")
-        if prompts is None and any(p is not None for p in deep):
+        deep = self._deep_hook(deep_prompts, len(blocks), "vision")
+        if prompts is None and deep:
             raise ValueError(
-                "deep visual prompts replace the last n tokens, which are the shallow prompt slots: pass "
-                "prompts=[n, Dv] as well (MaPLe/IVLP/VPT always have a shallow visual prompt)")
+                "deep visual prompts replace the prompt slots after the CLS + patch tokens: pass prompts=[n, Dv] as "
+                "well (MaPLe/IVLP/VPT always have a shallow visual prompt)")
         x = v.conv1(images.to(dtype))  # [B, Dv, g, g]
         x = x.reshape(batch, x.shape[1], -1).permute(0, 2, 1)  # [B, O, Dv]
         cls = v.class_embedding.to(dtype).view(1, 1, -1).expand(batch, -1, -1)
@@ -339,33 +477,19 @@ class PromptedCLIP(nn.Module):
             n_prompt = p.shape[1]
             x = torch.cat([x, p], dim=1)
         x = v.ln_pre(x)
-        deep = [None if p is None else self._batch(p, batch, self.vision_width, f"deep visual prompt {k}")
-                for k, p in enumerate(deep)]
-        for k, p in enumerate(deep):
-            if p is not None and p.shape[1] != n_prompt:
-                raise ValueError(
-                    f"deep visual prompt {k} has {p.shape[1]} tokens but the shallow prompt has {n_prompt}; they "
-                    f"replace the same slots and must match")
-        batch_first = getattr(v.transformer, "batch_first", True)
-        use_ckpt = bool(getattr(v.transformer, "grad_checkpointing", False))
-        for i, blk in enumerate(blocks):
-            if i >= 1 and i - 1 < len(deep) and deep[i - 1] is not None:
-                x = torch.cat([x[:, :n_img], deep[i - 1]], dim=1)
-            if hooks is not None:
-                x = hooks.before_block(i, x)
-            x = self._run_block(blk, x, None, batch_first, use_ckpt)
-            if hooks is not None:
-                x = hooks.after_block(i, x)
+        state = self._state("vision", len(blocks), batch, self.vision_width, n_img)
+        x = self._run_blocks(blocks, x, deep + hooks, state, getattr(v.transformer, "batch_first", True),
+                             bool(getattr(v.transformer, "grad_checkpointing", False)), causal=False)
         if x.shape[1] != n_img + n_prompt:
             raise RuntimeError(
                 f"vision sequence has {x.shape[1]} tokens after the last block, expected {n_img + n_prompt}: a hook "
                 f"must remove in after_block the tokens it added in before_block")
         x = v.ln_post(x)
         if not return_tokens:
-            return VisionOutput(features=_project(x[:, 0], v.proj))
+            return VisionOutput(features=_project(x[:, 0], v.proj), aux=state.aux)
         x = _project(x, v.proj)
         return VisionOutput(features=x[:, 0], patch_tokens=x[:, 1:n_img],
-                            prompt_tokens=x[:, n_img:] if n_prompt else None)
+                            prompt_tokens=x[:, n_img:] if n_prompt else None, aux=state.aux)
 
     def _encode_image_rn(self, images: Tensor, return_tokens: bool) -> VisionOutput:
         v = self.clip.visual

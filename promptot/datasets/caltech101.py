@@ -12,6 +12,7 @@ class Caltech101(CoOpDataset):
     dataset_dir = "caltech-101"
     image_dir = "101_ObjectCategories"
     split_file = "split_zhou_Caltech101.json"
+    required_with_split = ("101_ObjectCategories",)
     required = ("101_ObjectCategories",)
     expected_counts = {"train": 4128, "val": 1649, "test": 2465, "classes": 100}
     counts_verified = True

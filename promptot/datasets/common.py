@@ -29,7 +29,9 @@ import warnings
 from collections import OrderedDict, defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from promptot.engine import DatasetBase, Datum, listdir_nohidden, mkdir_if_missing
+from promptot.errors import ConfigError, UserError
+from promptot.fileio import atomic_write_text
+from promptot.engine import DatasetBase, Datum, listdir_nohidden
 
 # (image path, label, classname); paths are absolute until written to a file.
 Item = Tuple[str, int, str]
@@ -45,7 +47,7 @@ def doctor_command(name: Optional[str] = None, root: Optional[str] = None) -> st
     return f"{cmd} {name}" if name else cmd
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset folder, annotation file or image is missing.
 
     ``path`` is the missing path (the first one when several are missing).
@@ -76,7 +78,7 @@ class DatasetNotFoundError(FileNotFoundError):
         return (type(self), (str(self),))
 
 
-class CorruptImageError(OSError):
+class CorruptImageError(UserError, OSError):
     """An image exists but cannot be decoded. ``path`` is the image path."""
 
     def __init__(self, path: str, reason: str = "") -> None:
@@ -95,8 +97,12 @@ class CorruptImageError(OSError):
         return (type(self), (str(self),))
 
 
-class UnsafeSplitPathError(ValueError):
+class UnsafeSplitPathError(UserError, ValueError):
     """A path in a split/cache file resolves outside the dataset folder."""
+
+
+class DatasetLayoutError(UserError, ValueError):
+    """A dataset folder or file exists but is not laid out as the loader expects (the message says how)."""
 
 
 # ----------------------------------------------------------------------------- images
@@ -214,9 +220,8 @@ def save_split_items(train: Iterable, val: Iterable, test: Iterable, filepath: s
             out.append([to_posix(osp.relpath(impath, path_prefix)), int(label), cname])
         return out
 
-    mkdir_if_missing(osp.dirname(filepath) or ".")
-    with open(filepath, "w") as f:
-        json.dump({"train": _rel(train), "val": _rel(val), "test": _rel(test)}, f, indent=4, separators=(",", ": "))
+    atomic_write_text(filepath, json.dumps({"train": _rel(train), "val": _rel(val), "test": _rel(test)}, indent=4,
+                                           separators=(",", ": ")))
     print(f"Saved split to {filepath}")
 
 
@@ -233,9 +238,14 @@ def split_trainval(trainval: List, p_val: float = 0.2) -> Tuple[List, List]:
     for idx, item in enumerate(trainval):
         tracker[_unpack(item)[1]].append(idx)
     train, val = [], []
-    for _, idxs in tracker.items():
+    for label, idxs in tracker.items():
         n_val = round(len(idxs) * p_val)
-        assert n_val > 0, "a class has too few images to hold out a validation item"
+        if n_val == 0:
+            name = _unpack(trainval[idxs[0]])[2]
+            raise DatasetLayoutError(
+                f"class {name!r} (label {label}) has {len(idxs)} training image(s): too few to hold out a validation "
+                f"image ({p_val:.0%} rounds to 0). Add images, or give the split explicitly (a val/ folder, or a "
+                "split file).")
         random.shuffle(idxs)
         for n, idx in enumerate(idxs):
             (val if n < n_val else train).append(trainval[idx])
@@ -273,7 +283,7 @@ def subsample_classes(*args, subsample: str = "all"):
     """
     subsample = str(subsample).lower()
     if subsample not in ("all", "base", "new"):
-        raise ValueError(f"DATASET.SUBSAMPLE_CLASSES must be 'all', 'base' or 'new', got {subsample!r}")
+        raise ConfigError(f"DATASET.SUBSAMPLE_CLASSES must be 'all', 'base' or 'new', got {subsample!r}")
     if subsample == "all":
         return args
     labels = sorted({item.label for item in args[0]})
@@ -368,7 +378,9 @@ class CoOpDataset(DatasetBase):
     image_dir = ""              # image folder, relative to dataset_dir
     split_file: Optional[str] = None   # e.g. "split_zhou_OxfordPets.json", under dataset_dir
     split_relative_to = "image"        # split paths relative to the "image" dir or the "dataset" dir
-    required: Tuple[str, ...] = ()     # paths (under dataset_dir) needed to build the split from scratch
+    required: Tuple[str, ...] = ()     # paths (under dataset_dir) read to regenerate the split (or, without
+                                       # a split file, to read the dataset at all)
+    required_with_split: Tuple[str, ...] = ()  # paths needed when the split file is present (the image folders)
     expected_counts: Optional[Dict[str, int]] = None  # {"train", "val", "test", "classes"}
     counts_verified = False
     fewshot_val = True          # few-shot val = draw(val, min(K, 4)); ImageNet: val is the test set
@@ -409,6 +421,18 @@ class CoOpDataset(DatasetBase):
         if not osp.exists(path):
             raise DatasetNotFoundError(path, what, self.name, self.root, self.download_hint)
 
+    @classmethod
+    def needed_paths(cls, split_present: bool) -> Tuple[str, ...]:
+        """Paths under the dataset folder that a run reads.
+
+        With the split file present only the image folders are needed; the
+        annotation files in :attr:`required` are read only to regenerate a
+        missing split (and always by datasets without a split file).
+        """
+        if cls.split_file and split_present:
+            return cls.required_with_split
+        return cls.required
+
     def _split_prefix(self) -> str:
         return self.image_dir if self.split_relative_to == "image" else self.dataset_dir
 
@@ -417,8 +441,10 @@ class CoOpDataset(DatasetBase):
         if self.split_path is None:
             return self.read_items()
         if osp.exists(self.split_path):
+            for rel in self.needed_paths(split_present=True):
+                self.check_exists(osp.join(self.dataset_dir, rel), "Image folder not found")
             return read_split_items(self.split_path, self._split_prefix(), self.dataset_dir)
-        for rel in self.required:
+        for rel in self.needed_paths(split_present=False):
             self.check_exists(osp.join(self.dataset_dir, rel),
                               f"{self.split_file} is missing and so is a file needed to regenerate it")
         train, val, test = self.generate_split()
@@ -483,11 +509,7 @@ class CoOpDataset(DatasetBase):
         for key, items in data.items():
             out[key] = [[to_posix(osp.relpath(it.impath, self.dataset_dir)), int(it.label), it.classname]
                         for it in items]
-        mkdir_if_missing(osp.dirname(path))
-        tmp = f"{path}.{os.getpid()}.tmp"  # per process: jobs of a sweep may draw the same split at once
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(out, indent=1))  # parallel jobs and kills never see half a cache
 
     def read_fewshot_cache(self, path: str) -> Dict[str, List]:
         with open(path, "r") as f:

@@ -52,7 +52,7 @@ def verify_image(path: str) -> Optional[str]:
 
 def check_dataset(name: str, root: str, sample: Optional[int] = None, verify: bool = True,
                   folder: str = "") -> Report:
-    from . import BUILTIN_CLASSES
+    from .builtin import BUILTIN_CLASSES
 
     cls = BUILTIN_CLASSES[name]
     obj = cls.__new__(cls)
@@ -65,12 +65,18 @@ def check_dataset(name: str, root: str, sample: Optional[int] = None, verify: bo
         return rep
     rep.found = True
 
-    missing = [rel for rel in cls.required if not osp.exists(osp.join(obj.dataset_dir, rel))]
-    if obj.split_path and not osp.exists(obj.split_path) and name != "ImageFolder":
+    split_missing = bool(obj.split_path) and not osp.exists(obj.split_path) and name != "ImageFolder"
+    # With the split file only the image folders are needed; annotation files only to regenerate it.
+    missing = [rel for rel in cls.needed_paths(split_present=not split_missing)
+               if not osp.exists(osp.join(obj.dataset_dir, rel))]
+    if split_missing:
         rep.problems.append(f"split file missing: {cls.split_file} (a run would generate a new split that is not "
                             f"comparable with published numbers; get the official file: "
                             f"python -m promptot.datasets download {name} --root {root})")
-    if missing:
+        if missing:
+            rep.problems.append(f"cannot regenerate the split either: missing {len(missing)} file(s)/folder(s) "
+                                f"under {obj.dataset_dir}: {_names(missing, obj.dataset_dir)}")
+    elif missing:
         rep.problems.append(f"missing {len(missing)} file(s)/folder(s) under {obj.dataset_dir}: "
                             f"{_names(missing, obj.dataset_dir)}")
     try:
@@ -138,15 +144,15 @@ def run_check(root: str, names: Sequence[str] = (), sample: Optional[int] = None
 
     Named datasets that are missing count as problems; with no names, absent
     datasets are listed but do not fail the check (a user rarely has all 15).
+    Names may be class names, config stems or folder names in any case; an
+    unknown one raises :class:`~promptot.datasets.names.UnknownDatasetError`
+    before anything is checked.
     """
-    from . import BUILTIN_CLASSES, BUILTIN_DATASETS
+    from .builtin import BUILTIN_CLASSES, BUILTIN_DATASETS
+    from .names import resolve_names
 
     explicit = bool(names)
-    names = list(names) or list(BUILTIN_DATASETS)
-    unknown = [n for n in names if n not in BUILTIN_CLASSES]
-    if unknown:
-        out(f"Unknown dataset(s): {', '.join(unknown)}. Known: {', '.join(BUILTIN_CLASSES)}")
-        return 2
+    names = resolve_names(names) if explicit else list(BUILTIN_DATASETS)
     n_bad = 0
     n_found = 0
     for name in names:

@@ -9,6 +9,7 @@ class DescribableTextures(CoOpDataset):
     dataset_dir = "dtd"
     image_dir = "images"
     split_file = "split_zhou_DescribableTextures.json"
+    required_with_split = ("images",)
     required = ("images",)
     expected_counts = {"train": 2820, "val": 1128, "test": 1692, "classes": 47}
     counts_verified = True

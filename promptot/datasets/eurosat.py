@@ -22,6 +22,7 @@ class EuroSAT(CoOpDataset):
     dataset_dir = "eurosat"
     image_dir = "2750"
     split_file = "split_zhou_EuroSAT.json"
+    required_with_split = ("2750",)
     required = ("2750",)
     expected_counts = {"train": 13500, "val": 5400, "test": 8100, "classes": 10}
     counts_verified = True

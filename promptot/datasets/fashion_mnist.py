@@ -4,7 +4,7 @@
   training set (which the project's mini CLIP was pretrained on); the test split is the official test
   set, never seen in pretraining.
 * ``FashionMNISTShift`` — the same images inverted and recoloured with a per-image colour
-  (:func:`promptot.miniclip.data.invert_recolor`): a domain the mini CLIP never saw, where prompt
+  (:func:`promptot.datasets.fmnist.invert_recolor`): a domain the mini CLIP never saw, where prompt
   learning has something to adapt to.
 
 Images are written once as PNG files under ``<DATASET.ROOT>/<dataset_dir>/`` from the Debian package
@@ -37,7 +37,7 @@ class _FashionMNISTBase(CoOpDataset):
         super().__init__(cfg)
 
     def read_items(self) -> Dict[str, List[Item]]:
-        from promptot.miniclip.data import DOMAIN_TRANSFORMS, materialize_images
+        from .fmnist import DOMAIN_TRANSFORMS, materialize_images
 
         tf = DOMAIN_TRANSFORMS[self.domain_transform]
         pool = materialize_images(self.dataset_dir, "train", tf, self.train_per_class + self.val_per_class)

@@ -9,6 +9,7 @@ class Food101(CoOpDataset):
     dataset_dir = "food-101"
     image_dir = "images"
     split_file = "split_zhou_Food101.json"
+    required_with_split = ("images",)
     required = ("images",)
     expected_counts = {"train": 50500, "val": 20200, "test": 30300, "classes": 101}
     counts_verified = False

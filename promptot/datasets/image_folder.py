@@ -19,8 +19,8 @@ import os.path as osp
 
 from promptot.engine import DATASET_REGISTRY
 
-from .common import (IMAGE_EXTENSIONS, CoOpDataset, cfg_get, list_dirs, list_images, read_split_items,
-                     save_split_items, split_trainval)
+from .common import (IMAGE_EXTENSIONS, CoOpDataset, DatasetLayoutError, cfg_get, list_dirs, list_images,
+                     read_split_items, save_split_items, split_trainval)
 
 
 def _class_items(folder, classes=None):
@@ -91,4 +91,5 @@ class ImageFolder(CoOpDataset):
             if osp.isdir(d):
                 extra = sorted(set(list_dirs(d)) - set(classes))
                 if extra:
-                    raise ValueError(f"{d} has class folders that train/ lacks: {extra[:5]}")
+                    raise DatasetLayoutError(f"{d} has class folders that train/ lacks: {extra[:5]}; every split "
+                                             "must use the class folders of train/ (rename or remove the extra ones)")

@@ -8,10 +8,10 @@ dataset folder); a CoOp ``preprocessed.pkl`` is imported when present. Delete
 the cache after changing the image folders.
 """
 import json
-import os
 import os.path as osp
 
-from promptot.engine import DATASET_REGISTRY, mkdir_if_missing
+from promptot.engine import DATASET_REGISTRY
+from promptot.fileio import atomic_write_text
 
 from .common import (CoOpDataset, DatasetNotFoundError, imagenet_classnames, list_dirs, list_images,
                      load_legacy_pickle, rebase_path, safe_join, to_posix)
@@ -57,11 +57,7 @@ class ImageNet(CoOpDataset):
 
     def write_preprocessed(self, data):
         out = {k: [[to_posix(osp.relpath(p, self.dataset_dir)), y, c] for p, y, c in v] for k, v in data.items()}
-        tmp = self.preprocessed + ".tmp"
-        mkdir_if_missing(self.dataset_dir)
-        with open(tmp, "w") as f:
-            json.dump(out, f)
-        os.replace(tmp, self.preprocessed)
+        atomic_write_text(self.preprocessed, json.dumps(out))
 
     def read_data(self, classnames, split_dir):
         split_dir = osp.join(self.image_dir, split_dir)

@@ -13,6 +13,7 @@ class OxfordFlowers(CoOpDataset):
     dataset_dir = "oxford_flowers"
     image_dir = "jpg"
     split_file = "split_zhou_OxfordFlowers.json"
+    required_with_split = ("jpg",)
     required = ("jpg", "imagelabels.mat", "cat_to_name.json")
     expected_counts = {"train": 4093, "val": 1633, "test": 2463, "classes": 102}
     counts_verified = True

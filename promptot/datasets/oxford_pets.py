@@ -11,6 +11,7 @@ class OxfordPets(CoOpDataset):
     dataset_dir = "oxford_pets"
     image_dir = "images"
     split_file = "split_zhou_OxfordPets.json"
+    required_with_split = ("images",)
     required = ("images", "annotations/trainval.txt", "annotations/test.txt")
     expected_counts = {"train": 2944, "val": 736, "test": 3669, "classes": 37}
     counts_verified = True

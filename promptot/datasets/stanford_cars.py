@@ -20,6 +20,7 @@ class StanfordCars(CoOpDataset):
     image_dir = ""
     split_file = "split_zhou_StanfordCars.json"
     split_relative_to = "dataset"
+    required_with_split = ("cars_train", "cars_test")
     required = ("cars_train", "cars_test", "devkit/cars_train_annos.mat", "devkit/cars_meta.mat",
                 "cars_test_annos_withlabels.mat")
     expected_counts = {"train": 6509, "val": 1635, "test": 8041, "classes": 196}

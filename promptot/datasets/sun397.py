@@ -16,6 +16,7 @@ class SUN397(CoOpDataset):
     dataset_dir = "sun397"
     image_dir = "SUN397"
     split_file = "split_zhou_SUN397.json"
+    required_with_split = ("SUN397",)
     required = ("SUN397", "ClassName.txt", "Training_01.txt", "Testing_01.txt")
     expected_counts = {"train": 15880, "val": 3970, "test": 19850, "classes": 397}
     counts_verified = False

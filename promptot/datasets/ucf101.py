@@ -17,6 +17,7 @@ class UCF101(CoOpDataset):
     dataset_dir = "ucf101"
     image_dir = "UCF-101-midframes"
     split_file = "split_zhou_UCF101.json"
+    required_with_split = ("UCF-101-midframes",)
     required = ("UCF-101-midframes", "ucfTrainTestlist/classInd.txt", "ucfTrainTestlist/trainlist01.txt",
                 "ucfTrainTestlist/testlist01.txt")
     expected_counts = {"train": 7639, "val": 1898, "test": 3783, "classes": 101}

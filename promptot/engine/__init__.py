@@ -6,7 +6,7 @@ Trainers and datasets import from here, never from ``dassl`` directly.
 
 Under both engines ``build_lr_scheduler`` and ``load_checkpoint`` are the
 project's own (see :mod:`promptot.engine.optim`), which is what makes Dassl
-work with current torch (dassl_api.md §9).
+work with current torch (docs/dassl.md#shims).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Re-export real Dassl's objects, with shims for its known breakage under current torch.
 
-Applied at import without editing Dassl (dassl_api.md §9):
+Applied at import without editing Dassl (docs/dassl.md#shims):
 1. warmup scheduler ``verbose`` TypeError -> the package exports the project's
    ``build_lr_scheduler`` (same trace), never Dassl's;
 2. ``torch.load`` ``weights_only`` default -> Dassl's ``load_checkpoint`` (used by

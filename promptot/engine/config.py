@@ -1,4 +1,4 @@
-"""Config tree of the built-in engine: Dassl's defaults (dassl_api.md §4), as yacs nodes.
+"""Config tree of the built-in engine: Dassl's defaults (docs/dassl.md#config), as yacs nodes.
 
 Only keys that a trainer, a config file, a log parser or a checkpoint reader can
 see are declared; yacs rejects unknown keys on merge, exactly as with Dassl.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
-from ..config import DASSL_TRAINER_DEFAULTS
+from ..dassl_nodes import DASSL_TRAINER_DEFAULTS
 
 
 def _dassl_defaults() -> CN:

@@ -1,6 +1,6 @@
 """Data side of the built-in engine: Datum, DatasetBase, few-shot draws, transforms, DataManager.
 
-Semantics follow Dassl (dassl_api.md §5) so that the same seed gives the same
+Semantics follow Dassl (docs/dassl.md#data) so that the same seed gives the same
 few-shot picks and the same loaders under either engine.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ from tabulate import tabulate
 from torch.utils.data import Dataset as TorchDataset
 import torchvision.transforms as T
 from torchvision.transforms.functional import InterpolationMode
+
+from promptot.errors import ConfigError
 
 from .registry import DATASET_REGISTRY
 
@@ -168,7 +170,7 @@ class DatasetBase:
 def build_dataset(cfg) -> DatasetBase:
     avai = DATASET_REGISTRY.registered_names()
     if cfg.DATASET.NAME not in avai:
-        raise ValueError(
+        raise ConfigError(
             f'Dataset "{cfg.DATASET.NAME}" is not registered. Registered datasets: {", ".join(sorted(avai))}. '
             "Set DATASET.NAME (usually through --dataset-config-file configs/datasets/<name>.yaml), "
             "or register your own class with @DATASET_REGISTRY.register() in a module under datasets/."
@@ -206,9 +208,9 @@ def build_transform(cfg, is_train: bool = True, choices: Optional[Sequence[str]]
         choices = cfg.INPUT.TRANSFORMS
     for choice in choices:
         if choice not in AVAI_CHOICES:
-            raise ValueError(f"Unknown INPUT.TRANSFORMS entry {choice!r}; available: {AVAI_CHOICES}")
+            raise ConfigError(f"Unknown INPUT.TRANSFORMS entry {choice!r}; available: {AVAI_CHOICES}")
         if choice in _DASSL_ONLY:
-            raise ValueError(
+            raise ConfigError(
                 f"INPUT.TRANSFORMS entry {choice!r} is implemented only by real Dassl; install Dassl "
                 "and run with PROMPTOT_ENGINE=dassl, or remove it from the config."
             )
@@ -318,7 +320,7 @@ def build_sampler(sampler_type: str, data_source=None, **_: Any):
         return torch.utils.data.RandomSampler(data_source)
     if sampler_type == "SequentialSampler":
         return torch.utils.data.SequentialSampler(data_source)
-    raise ValueError(
+    raise ConfigError(
         f"Sampler {sampler_type!r} is not available in the built-in engine (available: {avai}); "
         "the domain samplers are Dassl-only (PROMPTOT_ENGINE=dassl)."
     )
@@ -337,7 +339,8 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
         pin_memory=(torch.cuda.is_available() and cfg.USE_CUDA),
     )
     if len(loader) == 0:
-        raise ValueError(f"Empty data loader ({len(data_source)} items, batch size {batch_size})")
+        raise ConfigError(f"Empty data loader ({len(data_source)} items, batch size {batch_size}): the split has fewer "
+                          "items than one batch; lower the DATALOADER batch size or check the dataset")
     return loader
 
 

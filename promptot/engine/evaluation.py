@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, f1_score
 
+from promptot.errors import ConfigError
+
 from .registry import EVALUATOR_REGISTRY
 
 
@@ -112,7 +114,7 @@ class Classification(EvaluatorBase):
 def build_evaluator(cfg, **kwargs) -> EvaluatorBase:
     name = cfg.TEST.EVALUATOR
     if name not in EVALUATOR_REGISTRY:
-        raise ValueError(f"Unknown TEST.EVALUATOR {name!r}; registered: {EVALUATOR_REGISTRY.registered_names()}")
+        raise ConfigError(f"Unknown TEST.EVALUATOR {name!r}; registered: {EVALUATOR_REGISTRY.registered_names()}")
     if cfg.VERBOSE:
         print(f"Loading evaluator: {name}")
     return EVALUATOR_REGISTRY.get(name)(cfg, **kwargs)

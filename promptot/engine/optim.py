@@ -1,9 +1,9 @@
-"""Optimizers and LR schedules with Dassl's semantics (dassl_api.md §6).
+"""Optimizers and LR schedules with Dassl's semantics (docs/dassl.md#optim).
 
 The warmup wrapper here is the project's own and is used under BOTH engines:
 Dassl's warmup class passes ``verbose`` to torch's scheduler constructor and
-dies with current torch (§9.1), and it pickles the successor scheduler object,
-which ``torch.load(weights_only=True)`` refuses (§9.2). This one stores the
+dies with current torch (docs/dassl.md#shims, 1), and it pickles the successor scheduler object,
+which ``torch.load(weights_only=True)`` refuses (docs/dassl.md#shims, 2). This one stores the
 successor's ``state_dict`` instead and reproduces the same LR trace:
 ``MAX_EPOCH 3``, constant warmup 1 epoch at 1e-5, ``LR 2e-3`` gives
 1e-5, 2e-3, 1.5e-3.
@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from promptot.errors import ConfigError
+
 AVAI_OPTIMS = ["adam", "amsgrad", "sgd", "rmsprop", "radam", "adamw"]
 AVAI_SCHEDS = ["single_step", "multi_step", "cosine"]
 
@@ -25,7 +27,7 @@ def build_optimizer(model_or_params: Union[nn.Module, Iterable], optim_cfg, para
     """Build the optimizer named by ``optim_cfg.NAME`` over a module's parameters or an iterable."""
     name = optim_cfg.NAME
     if name not in AVAI_OPTIMS:
-        raise ValueError(f"OPTIM.NAME must be one of {AVAI_OPTIMS}, but got {name!r}")
+        raise ConfigError(f"OPTIM.NAME must be one of {AVAI_OPTIMS}, but got {name!r}")
     lr, wd = optim_cfg.LR, optim_cfg.WEIGHT_DECAY
     if param_groups is not None and optim_cfg.STAGED_LR:
         warnings.warn("STAGED_LR will be ignored, if you need to use STAGED_LR, please bind it with param_groups yourself.")
@@ -66,18 +68,18 @@ def build_base_scheduler(optimizer: torch.optim.Optimizer, optim_cfg) -> LRSched
     """The schedule without warmup: single_step, multi_step or cosine (T_max = MAX_EPOCH)."""
     sched, stepsize, gamma, max_epoch = optim_cfg.LR_SCHEDULER, optim_cfg.STEPSIZE, optim_cfg.GAMMA, optim_cfg.MAX_EPOCH
     if sched not in AVAI_SCHEDS:
-        raise ValueError(f"OPTIM.LR_SCHEDULER must be one of {AVAI_SCHEDS}, but got {sched!r}")
+        raise ConfigError(f"OPTIM.LR_SCHEDULER must be one of {AVAI_SCHEDS}, but got {sched!r}")
     if sched == "single_step":
         if isinstance(stepsize, (list, tuple)):
             stepsize = stepsize[-1]
         if not isinstance(stepsize, int):
-            raise TypeError(f"For single_step, OPTIM.STEPSIZE must be an integer, got {type(stepsize).__name__}")
+            raise ConfigError(f"For single_step, OPTIM.STEPSIZE must be an integer, got {type(stepsize).__name__}")
         if stepsize <= 0:
             stepsize = max_epoch
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=stepsize, gamma=gamma)
     if sched == "multi_step":
         if not isinstance(stepsize, (list, tuple)):
-            raise TypeError(f"For multi_step, OPTIM.STEPSIZE must be a list, got {type(stepsize).__name__}")
+            raise ConfigError(f"For multi_step, OPTIM.STEPSIZE must be a list, got {type(stepsize).__name__}")
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(stepsize), gamma=gamma)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(max_epoch))
 
@@ -94,7 +96,7 @@ class WarmupLR(LRScheduler):
     def __init__(self, optimizer: torch.optim.Optimizer, successor: LRScheduler, warmup_epoch: int,
                  warmup_type: str = "constant", warmup_lr: float = 1e-5, last_epoch: int = -1) -> None:
         if warmup_type not in ("constant", "linear"):
-            raise ValueError(f"OPTIM.WARMUP_TYPE must be 'constant' or 'linear', got {warmup_type!r}")
+            raise ConfigError(f"OPTIM.WARMUP_TYPE must be 'constant' or 'linear', got {warmup_type!r}")
         self.successor = successor
         self.warmup_epoch = warmup_epoch
         self.warmup_type = warmup_type

@@ -1,4 +1,4 @@
-"""Trainer lifecycle of the built-in engine (dassl_api.md §2): same hooks, log lines,
+"""Trainer lifecycle of the built-in engine (docs/dassl.md#lifecycle): same hooks, log lines,
 checkpoint layout and resume rule as Dassl's ``SimpleTrainer``/``TrainerX``."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from tqdm import tqdm
 from .data import DataManager
 from .evaluation import build_evaluator
 from .registry import TRAINER_REGISTRY, unknown_name_message
-from .utils import (AverageMeter, MetricMeter, load_registered_models, mkdir_if_missing, resume_from_checkpoint,
-                    save_checkpoint, tolist_if_not)
+from .utils import (AverageMeter, MetricMeter, checkpoint_dict, load_registered_models, mkdir_if_missing,
+                    resume_from_checkpoint, save_checkpoint, tolist_if_not)
 
 
 class TrainerBase:
@@ -49,19 +49,9 @@ class TrainerBase:
 
     def save_model(self, epoch: int, directory: str, is_best: bool = False, val_result=None, model_name: str = "") -> None:
         for name in self.get_model_names():
-            optim, sched = self._optims[name], self._scheds[name]
-            save_checkpoint(
-                {
-                    "state_dict": self._models[name].state_dict(),
-                    "epoch": epoch + 1,
-                    "optimizer": optim.state_dict() if optim is not None else None,
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "val_result": val_result,
-                },
-                osp.join(directory, name),
-                is_best=is_best,
-                model_name=model_name,
-            )
+            save_checkpoint(checkpoint_dict(self._models[name], self._optims[name], self._scheds[name], epoch + 1,
+                                            val_result), osp.join(directory, name), is_best=is_best,
+                            model_name=model_name)
 
     def resume_model_if_exist(self, directory: str) -> int:
         names = self.get_model_names()

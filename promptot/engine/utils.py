@@ -1,6 +1,6 @@
 """Utilities of the built-in engine: seeding, logging tee, meters, files, checkpoints.
 
-Behaviour follows Dassl (dassl_api.md §3, §7): same log.txt rule, same checkpoint
+Behaviour follows Dassl (docs/dassl.md#checkpoints, #logging): same log.txt rule, same checkpoint
 layout and keys, same meter string format, so logs and checkpoints are
 interchangeable between the two engines.
 """
@@ -20,6 +20,16 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
+
+from promptot.errors import UserError
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """A checkpoint file or folder that a run needs does not exist (the message says where to look)."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint file exists but cannot be read (truncated, corrupt, or not a checkpoint)."""
 
 
 # ----------------------------------------------------------------------------- files
@@ -200,9 +210,12 @@ def save_checkpoint(
 ) -> str:
     """Write ``save_dir/model.pth.tar-<epoch>`` (or ``model_name``) and the ``checkpoint`` pointer.
 
-    The file is written to a temporary name and renamed, so a crash while saving
-    never leaves a truncated checkpoint behind the pointer.
+    Every file is written to a unique temporary name in the same folder, fsynced and renamed
+    (:func:`promptot.fileio.atomic_write`), so a crash or a kill while saving leaves the previous
+    checkpoint and pointer intact, never a truncated file behind the pointer.
     """
+    from promptot.fileio import atomic_write, atomic_write_text
+
     mkdir_if_missing(save_dir)
     if remove_module_from_keys:
         state["state_dict"] = OrderedDict(
@@ -212,19 +225,29 @@ def save_checkpoint(
     if not model_name:
         model_name = "model.pth.tar-" + str(epoch)
     fpath = osp.join(save_dir, model_name)
-    tmp = fpath + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, fpath)
+    atomic_write(fpath, lambda f: torch.save(state, f))
     print(f"Checkpoint saved to {fpath}")
-    ptr_tmp = osp.join(save_dir, "checkpoint.tmp")
-    with open(ptr_tmp, "w") as f:
-        f.write(f"{osp.basename(fpath)}\n")
-    os.replace(ptr_tmp, osp.join(save_dir, "checkpoint"))
+    atomic_write_text(osp.join(save_dir, "checkpoint"), f"{osp.basename(fpath)}\n")
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
-        shutil.copy(fpath, best_fpath)
+        with open(fpath, "rb") as src:
+            atomic_write(best_fpath, lambda f: shutil.copyfileobj(src, f))
         print(f'Best checkpoint saved to "{best_fpath}"')
     return fpath
+
+
+def checkpoint_dict(model: torch.nn.Module, optimizer=None, scheduler=None, epoch: int = 0, val_result=None,
+                    **extra: Any) -> Dict[str, Any]:
+    """The dict Dassl saves for one registered model (``state_dict``, ``epoch`` = epochs done, ``optimizer``,
+    ``scheduler``, ``val_result``) plus ``extra`` entries (promptot adds ``meta``)."""
+    return {
+        "state_dict": model.state_dict(),
+        "epoch": epoch,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "val_result": val_result,
+        **extra,
+    }
 
 
 def load_checkpoint(fpath: str) -> Dict[str, Any]:
@@ -232,17 +255,17 @@ def load_checkpoint(fpath: str) -> Dict[str, Any]:
 
     Checkpoints are the user's own training outputs, so full unpickling is
     allowed; torch >= 2.6 defaults to ``weights_only=True``, which cannot read
-    Dassl-era files that pickle scheduler objects (dassl_api.md §9.2).
+    Dassl-era files that pickle scheduler objects (docs/dassl.md#shims, 2).
     """
     if fpath is None:
         raise ValueError("File path is None")
     if not osp.exists(fpath):
-        raise FileNotFoundError(f'File is not found at "{fpath}"')
+        raise CheckpointNotFoundError(f'Checkpoint file not found: "{fpath}"')
     map_location = None if torch.cuda.is_available() else "cpu"
     try:
         return torch.load(fpath, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - re-raised with the path
-        raise RuntimeError(
+        raise CheckpointError(
             f'Unable to load checkpoint "{fpath}": {e}. The file may be truncated or corrupt; '
             "delete it (and fix the 'checkpoint' pointer file next to it) to resume from an earlier epoch."
         ) from e
@@ -294,7 +317,7 @@ def load_pretrained_weights(model: torch.nn.Module, weight_path: str) -> None:
 
 
 def load_registered_models(trainer, directory: str, epoch: Optional[int] = None) -> None:
-    """Dassl's ``TrainerBase.load_model`` without its crash on ``val_result=None`` (dassl_api.md §9.3):
+    """Dassl's ``TrainerBase.load_model`` without its crash on ``val_result=None`` (docs/dassl.md#shims, 3):
     load ``<directory>/<name>/model.pth.tar-<epoch>`` (or ``model-best.pth.tar``) into every registered model."""
     if not directory:
         print("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
@@ -303,7 +326,7 @@ def load_registered_models(trainer, directory: str, epoch: Optional[int] = None)
     for name in trainer.get_model_names():
         model_path = osp.join(directory, name, model_file)
         if not osp.exists(model_path):
-            raise FileNotFoundError(f"No model at {model_path}")
+            raise CheckpointNotFoundError(f"No model at {model_path}")
         checkpoint = load_checkpoint(model_path)
         vr = checkpoint.get("val_result")
         vr_s = "None" if vr is None else f"{vr:.1f}"

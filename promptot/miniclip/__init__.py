@@ -9,12 +9,13 @@ Only light modules are imported here; torch/open_clip are imported when training
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Dict, Optional
+
+from promptot.fileio import sha256_file
 
 DEFAULT_NAME = "miniclip-fmnist"
 CHECKPOINT_FILE = "miniclip-fmnist.pt"
@@ -48,16 +49,8 @@ def load_recipe(path: Optional[os.PathLike] = None) -> Dict:
         return {}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verified(ckpt: Path, recipe: Dict) -> bool:
-    return ckpt.is_file() and bool(recipe.get("sha256")) and _sha256(ckpt) == recipe["sha256"]
+    return ckpt.is_file() and bool(recipe.get("sha256")) and sha256_file(ckpt) == recipe["sha256"]
 
 
 def checkpoint_path(build: bool = True) -> str:
@@ -103,9 +96,10 @@ def register() -> bool:
     if _REGISTERED:
         return True
     try:
-        from promptot.clip.loader import register_backbone
+        from promptot.clip.loader import declare_image_size, register_backbone
     except ImportError:
         return False
     register_backbone(DEFAULT_NAME, checkpoint_path)
+    declare_image_size(DEFAULT_NAME, 32)  # the committed recipe's input side (checked against the file when loaded)
     _REGISTERED = True
     return True

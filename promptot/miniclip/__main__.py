@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import List, Optional
 
 from . import ASSET_DIR, CHECKPOINT_FILE, DEFAULT_NAME, committed_checkpoint, cache_dir, load_recipe
@@ -68,4 +67,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from promptot.cli import run_main
+
+    run_main(main)

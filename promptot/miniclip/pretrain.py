@@ -10,7 +10,7 @@ captions of one template drawn at random for it. Images are the 28 px grey image
 32 px with PIL bicubic (exactly what open_clip's eval preprocess does to a 28 px PNG), replicated
 to RGB and normalised with CLIP's mean/std; augmentation = random shift of up to 2 px and random
 horizontal flip. Only the clean training split is used: no test images, and never the
-:func:`~promptot.miniclip.data.invert_recolor` domain, which stays a domain shift.
+:func:`~promptot.datasets.fmnist.invert_recolor` domain, which stays a domain shift.
 
 Determinism: model init, data order and augmentation come from ``seed`` through one
 ``torch.Generator`` in a single process. Float reductions on CPU may depend on the number of
@@ -19,7 +19,6 @@ threads and on the CPU's instruction set, so bit-identical weights need the same
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data
+from promptot.datasets import fmnist as data
+from promptot.fileio import sha256_file
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -101,15 +101,6 @@ def openai_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().to(torch.float16).clone() for k, v in model.state_dict().items()}
 
 
-def sha256_file(path: os.PathLike) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_checkpoint(path: os.PathLike):
     """Load a saved mini CLIP through ``open_clip.load_openai_model`` (fp32, CPU, eval mode)."""
     import open_clip
@@ -169,7 +160,7 @@ def color_augment(x: torch.Tensor, gen: torch.Generator, prob: float) -> torch.T
 
     Per image and channel: ``x' = lo + (hi - lo) * x`` with ``lo ~ U(0, 0.45)``, ``hi ~ U(0.55, 1)``,
     so the garment stays brighter than the background in every channel. The shifted test domain
-    (:func:`~promptot.miniclip.data.invert_recolor`) reverses that polarity, so it is never seen.
+    (:func:`~promptot.datasets.fmnist.invert_recolor`) reverses that polarity, so it is never seen.
     """
     b, c = x.shape[:2]
     if c == 1:

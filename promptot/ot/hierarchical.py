@@ -1,8 +1,8 @@
 """Batched hierarchical OT head: token-level + prompt-level entropic OT (ALIGN), prompt-level only (PLOT, PLOT++).
 
-Notation (ot_methods.md): B images with M views (global z_m ``[B, M, D]``, token sets F_m ``[B, M, P, D]``), C classes
-with N prompts (global h_{c,n} ``[C, N, D]``, token sets G_{c,n} ``[C, N, L, D]``), s = cosine similarity, τ = 1 /
-logit_scale.
+Notation (docs/notation.md#tensors, #hierarchical-ot): B images with M views (global z_m ``[B, M, D]``, token sets
+F_m ``[B, M, P, D]``), C classes with N prompts (global h_{c,n} ``[C, N, D]``, token sets G_{c,n} ``[C, N, L, D]``),
+s = cosine similarity, τ = 1 / logit_scale.
 
 Token level, for every (b, c, m, n) (ALIGN, Wang et al. NeurIPS 2023)::
 
@@ -87,13 +87,14 @@ class HierarchicalOTHead(nn.Module):
     def __init__(self, cfg: OTHeadConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.last_diagnostics: Dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ token level
-    def _token_chunk(self, imgt: Tensor, img_mask: Tensor, tt: Tensor, tm: Tensor, grad_mode: str) -> Tuple[Tensor, Tensor]:
+    def _token_chunk(self, imgt: Tensor, img_mask: Tensor, tt: Tensor, tm: Tensor, grad_mode: str,
+                     iters: List[Tensor], errs: List[Tensor]) -> Tuple[Tensor, Tensor]:
         """One class chunk: image tokens ``[B, M, P, D]`` (normalised), text tokens ``[Cc, N, L, D]`` (normalised).
 
-        Returns (d_tok, σ_tok) ``[B, Cc, M, N]`` and stores the iteration counts.
+        Returns (d_tok, σ_tok) ``[B, Cc, M, N]``; appends the Sinkhorn iteration counts to ``iters`` and the largest
+        marginal error to ``errs``.
         """
         cfg = self.cfg
         # [B, M, P, D] x [Cc, N, L, D] -> [B, Cc, M, N, P, L]: one GEMM over D, rows = image tokens (reference layout).
@@ -118,11 +119,13 @@ class HierarchicalOTHead(nn.Module):
         mass = T.sum((-1, -2))
         d_tok = (T.mul_(cost) if not graph else T * cost).sum((-1, -2))
         sigma = mass - d_tok  # <T, S> = <T, 1> - <T, 1 - S>
-        self._tok_iters.append(res.n_iter.detach().reshape(-1).float())
+        iters.append(res.n_iter.detach().reshape(-1).float())
+        errs.append(res.marginal_err.detach().amax().reshape(1).float())
         return d_tok, sigma
 
     def _token_level(self, img_tokens: Tensor, img_mask: Optional[Tensor], txt_tokens: Tensor,
-                     txt_mask: Optional[Tensor], dtype: torch.dtype, need_graph: bool) -> Tensor:
+                     txt_mask: Optional[Tensor], dtype: torch.dtype, need_graph: bool, iters: List[Tensor],
+                     errs: List[Tensor]) -> Tensor:
         """Token term per (b, c, m, n): d_tok (paper) or σ_tok (reference), ``[B, C, M, N]`` in caller class order."""
         cfg = self.cfg
         B, M, P, D = img_tokens.shape
@@ -159,13 +162,13 @@ class HierarchicalOTHead(nn.Module):
             tt = F.normalize(tt, dim=-1)
 
             def run(imgt_: Tensor, tt_: Tensor, tm_: Tensor = tm) -> Tensor:
-                d_tok, sigma = self._token_chunk(imgt_, img_mask, tt_, tm_, grad_mode)
+                d_tok, sigma = self._token_chunk(imgt_, img_mask, tt_, tm_, grad_mode, iters, errs)
                 return sigma if reference else d_tok
 
             if need_graph and grad_mode != "autodiff":
                 # Recompute the chunk in backward instead of keeping its [B, Cc, M, N, P, L] state alive until then.
                 # Deterministic (same inputs, same iterations), so the recomputed plan is identical.
-                # (The recomputation appends its iteration counts to a list already consumed by this forward.)
+                # (The recomputation appends its iteration counts to a list this forward has already consumed.)
                 out = checkpoint(run, imgt, tt, use_reentrant=False)
             else:
                 out = run(imgt, tt)
@@ -185,7 +188,8 @@ class HierarchicalOTHead(nn.Module):
         img_mask: Optional[Tensor] = None,
         txt_tokens: Optional[Tensor] = None,
         txt_mask: Optional[Tensor] = None,
-    ) -> Tensor:
+        log: bool = False,
+    ) -> Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]:
         """Compute OT logits.
 
         Parameters
@@ -195,10 +199,14 @@ class HierarchicalOTHead(nn.Module):
         logit_scale : CLIP's ``exp(logit_scale)`` (≈ 100 = 1/τ), tensor or float.
         img_tokens, img_mask : ``[B, M, P, D]`` and bool ``[B, M, P]`` (True = real token), optional.
         txt_tokens, txt_mask : ``[C, N, L, D]`` and bool ``[C, N, L]``, optional (padded ragged token sets).
+        log : also return a dict of detached scalar diagnostics (as POT's ``log=True``): ``plan_entropy`` (mean
+            normalised entropy of the prompt-level plans, 1 = uniform), ``plan_max_min_ratio``, ``prompt_iters``,
+            ``prompt_marginal_err`` and, with a token level, ``token_iters_{mean,max,min}`` and ``token_marginal_err``
+            (marginal errors: largest row-marginal L1 error of any plan).
 
         Returns
         -------
-        Tensor ``[B, C]`` fp32 (float64 for float64 inputs) logits.
+        Tensor ``[B, C]`` fp32 (float64 for float64 inputs) logits; with ``log=True`` the pair (logits, diagnostics).
         """
         cfg = self.cfg
         if img_global.dim() != 3 or txt_global.dim() != 3 or img_global.shape[-1] != txt_global.shape[-1]:
@@ -213,7 +221,8 @@ class HierarchicalOTHead(nn.Module):
         h = F.normalize(txt_global.to(dtype), dim=-1)
         S = torch.einsum("bmd,cnd->bcmn", z, h)  # [B, C, M, N]
         reference = cfg.compat == "reference"
-        self._tok_iters: List[Tensor] = []
+        tok_iters: List[Tensor] = []
+        tok_errs: List[Tensor] = []
 
         use_tokens = (cfg.token_level and img_tokens is not None and txt_tokens is not None
                       and (reference or cfg.beta != 0.0))
@@ -222,7 +231,8 @@ class HierarchicalOTHead(nn.Module):
             tokens_need_grad = img_tokens.requires_grad or txt_tokens.requires_grad
             need_graph = (not reference) and torch.is_grad_enabled() and tokens_need_grad
             with torch.set_grad_enabled(need_graph):
-                term = self._token_level(img_tokens, img_mask, txt_tokens, txt_mask, dtype, need_graph)
+                term = self._token_level(img_tokens, img_mask, txt_tokens, txt_mask, dtype, need_graph, tok_iters,
+                                         tok_errs)
 
         if reference:
             cost = 1.0 - S if term is None else 1.0 - S + term  # D1: σ_tok added to a distance
@@ -242,6 +252,8 @@ class HierarchicalOTHead(nn.Module):
         logits = scale * score
         _finite_or_raise(logits.detach(), "logits")
 
+        if not log:
+            return logits
         with torch.no_grad():
             T = res.plan.detach()
             tmax = T.amax((-1, -2))
@@ -252,10 +264,10 @@ class HierarchicalOTHead(nn.Module):
                 "prompt_iters": res.n_iter.detach().float().amax(),
                 "prompt_marginal_err": res.marginal_err.amax(),
             }
-            if self._tok_iters:
-                it = torch.cat(self._tok_iters)
+            if tok_iters:
+                it = torch.cat(tok_iters)
                 diag["token_iters_mean"] = it.mean()
                 diag["token_iters_max"] = it.amax()
                 diag["token_iters_min"] = it.amin()
-            self.last_diagnostics = diag
-        return logits
+                diag["token_marginal_err"] = torch.cat(tok_errs[:len(tok_iters)]).amax()
+        return logits, diag

@@ -63,7 +63,7 @@ class SinkhornResult:
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    # OT numerics never run in half precision: fp16 kernels underflow at cost/eps ≈ 17 (ot_methods.md §1 prop. 4).
+    # OT numerics never run in half precision: fp16 kernels underflow at cost/eps ≈ 17 (docs/notation.md#sinkhorn).
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

@@ -138,7 +138,7 @@ def harmonic(base: Optional[float], new: Optional[float]) -> Optional[float]:
 
 
 def row_label(row: Row) -> str:
-    """"CoOp (ViT-B/16)", with " [label]" for ingested logs."""
+    """"CoOp (ViT-B/16)", with " [tags]" for ingested logs and for variants of one method (their config)."""
     method, backbone, origin = row
     return f"{method} ({backbone})" + (f" [{origin}]" if origin else "")
 

@@ -39,6 +39,7 @@ class Run:
     time: str = ""
     config_file: Optional[str] = None  #: stem of --config-file when the log says it
     source: Optional["Run"] = field(default=None, repr=False)  #: the run whose prompts an evaluation loaded
+    variant: str = ""  #: the config stem, when one method was run as several variants (see :func:`assign_variants`)
 
     @property
     def zero_shot(self) -> bool:
@@ -50,8 +51,8 @@ class Run:
 
     @property
     def row(self) -> Tuple[str, str, str]:
-        """Table row identity: method, backbone, origin."""
-        return self.method, self.backbone, self.origin
+        """Table row identity: method, backbone, and the origin and variant tags (joined by ", ")."""
+        return self.method, self.backbone, ", ".join(x for x in (self.origin, self.variant) if x)
 
     @property
     def identity(self) -> str:
@@ -175,7 +176,23 @@ def load_runs(root: str, logs: Sequence[Tuple[str, str]] = (), ingest_logs: bool
                 if run is not None:
                     runs.append(run)
     link_sources(runs, [root] + [b for b, _ in logs])
+    assign_variants(runs)
     return runs
+
+
+def assign_variants(runs: Sequence[Run]) -> None:
+    """A method run with several config files for the same cell (e.g. IVLP 2+2 and IVLP language-only, both trainer
+    IVLP) is several methods: its runs get their config stem as ``variant`` (a row each). Config files that only
+    change with the cell (CoOp's per-shot configs) do not split a method."""
+    cells: Dict[tuple, set] = {}
+    for r in runs:
+        key = (r.method, r.backbone, r.origin, r.dataset, r.shots, r.subsample, bool(r.model_dir),
+               r.source.dataset if r.source is not None else None)
+        cells.setdefault(key, set()).add(r.config_file)
+    split = {k[:3] for k, stems in cells.items() if len(stems - {None}) > 1}
+    for r in runs:
+        if (r.method, r.backbone, r.origin) in split and r.config_file:
+            r.variant = r.config_file
 
 
 def link_sources(runs: Iterable[Run], bases: Sequence[str] = ()) -> None:

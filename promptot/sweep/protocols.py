@@ -481,9 +481,18 @@ def expand(pf: ProtocolFile, protocol: str, sel: Selection, repo: Optional[str] 
     available = pf.methods_for(protocol)
     trainers = sel.trainers or available
     unknown = [t for t in trainers if t not in available]
-    if unknown:
+    if unknown and not sel.config:
         raise ProtocolError(f"No {protocol!r} entry for {unknown} in {pf.path}; methods with one: {available}. Add an "
-                            f"entry under methods.<name>.{protocol} (a config per protocol is enough).")
+                            f"entry under methods.<name>.{protocol} (a config per protocol is enough), or pass "
+                            "--config CFG to run it with that config and the protocol's folders.")
+    methods = dict(pf.methods)
+    for t in unknown:  # with --config: the trainer's own config folder and the protocol's defaults
+        known = pf.methods.get(t)
+        methods[t] = Method(name=t, trainer=known.trainer if known else t,
+                            config_dir=known.config_dir if known else t,
+                            zero_shot=known.zero_shot if known else False,
+                            params=dict(known.params) if known else {}, recipes={protocol: Recipe(config=sel.config)})
+    pf = ProtocolFile(path=pf.path, protocols=pf.protocols, methods=methods)
     if sel.only not in (None, "train", "eval"):
         raise ProtocolError(f"--only must be train or eval, got {sel.only!r}")
     for k, v in sel.params.items():

@@ -34,9 +34,27 @@ class SweepRefused(UserError):
 
 
 # ---------------------------------------------------------------------------------------------- config hashes
+def load_application(repo: str) -> Any:
+    """The repository's ``train.py`` as a module, loaded from its path (the library does not import the
+    application; the runner drives it, as it runs it in each job). Its ``trainers`` and ``datasets`` packages are
+    found through ``repo`` on ``sys.path``."""
+    import importlib.util
+
+    path = os.path.join(repo, "train.py")
+    if not os.path.isfile(path):
+        raise SweepRefused(f"{path} not found: run the sweep from a promptot repository (the folder holding train.py "
+                           "and configs/), or pass --protocol-file of one.")
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    spec = importlib.util.spec_from_file_location("promptot_application_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 class TrainPyResolver:
     """The config hash of a job, from ``train.py``'s own ``setup_cfg`` on the job's arguments (same merge order,
-    same engine as the job itself), imported once from the repository."""
+    same engine as the job itself), with ``train.py`` loaded once from the repository."""
 
     def __init__(self, repo: str) -> None:
         self.repo = repo
@@ -44,13 +62,9 @@ class TrainPyResolver:
 
     @property
     def train(self) -> Any:
-        """The repository's ``train`` module (imported on first use)."""
+        """The repository's ``train.py`` (loaded on first use)."""
         if self._train is None:
-            if self.repo not in sys.path:
-                sys.path.insert(0, self.repo)
-            import train  # noqa: WPS433 - the repository's train.py
-
-            self._train = train
+            self._train = load_application(self.repo)
         return self._train
 
     def hash(self, job: Job) -> str:
@@ -175,20 +189,19 @@ class ForkLauncher:
                 import torch
 
                 torch.set_num_threads(slot.threads)
-            from ..errors import format_user_error, user_error_types
+            from ..errors import format_user_error
 
             try:
                 train.main(train.build_parser().parse_args(job.argv()))
                 code = 0
-            except Exception as e:  # noqa: BLE001 - as train.py's __main__: user errors in one paragraph
-                if isinstance(e, user_error_types()):
-                    print(format_user_error(e), file=sys.stderr)
-                    code = 2
-                else:
-                    import traceback
+            except UserError as e:  # as train.py's entry point: one paragraph, exit 2
+                print(format_user_error(e), file=sys.stderr)
+                code = 2
+            except Exception:  # noqa: BLE001 - a bug: its traceback, exit 1
+                import traceback
 
-                    traceback.print_exc()
-                    code = 1
+                traceback.print_exc()
+                code = 1
         finally:
             try:
                 sys.stdout.flush()

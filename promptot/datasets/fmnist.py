@@ -1,4 +1,5 @@
-"""Fashion-MNIST for the mini CLIP: idx reader, image-folder materialisation, domain shift.
+"""Fashion-MNIST files: idx reader, domain shifts, image-folder materialisation (used by the datasets
+``FashionMNIST``/``FashionMNISTShift`` and by the mini CLIP's pretraining).
 
 The images come from the Debian package ``dataset-fashion-mnist`` (gzip idx files under
 ``/usr/share/datasets/fashion-mnist``); set ``PROMPTOT_FMNIST_DIR`` to use another folder
@@ -20,6 +21,10 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
+from promptot.errors import UserError
+
+from .common import DatasetLayoutError
+
 #: Clean class names, index = Fashion-MNIST label id.
 CLASSNAMES: Tuple[str, ...] = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
@@ -40,12 +45,14 @@ _FILES = {
     ("test", "labels"): "t10k-labels-idx1-ubyte",
 }
 SPLITS = ("train", "test")
+_REINSTALL = (f"reinstall the files (apt-get install --reinstall dataset-fashion-mnist) or point {ENV_DIR} "
+              "to a good copy")
 MARKER = ".complete.json"
 
 DomainTransform = Callable[[np.ndarray, int], np.ndarray]
 
 
-class FashionMNISTNotFound(FileNotFoundError):
+class FashionMNISTNotFound(UserError, FileNotFoundError):
     """Raised when the Fashion-MNIST idx files cannot be found."""
 
 
@@ -96,15 +103,17 @@ def read_idx(path: os.PathLike) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an idx file (bad magic number)")
+        raise DatasetLayoutError(f"{path}: not an idx file (bad magic number); {_REINSTALL}")
     dtype_code, ndim = raw[2], raw[3]
     if dtype_code != 0x08:
-        raise ValueError(f"{path}: idx dtype 0x{dtype_code:02x} not supported (only unsigned byte)")
+        raise DatasetLayoutError(f"{path}: idx dtype 0x{dtype_code:02x} not supported (only unsigned byte); "
+                                 f"{_REINSTALL}")
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     data = np.frombuffer(raw, dtype=np.uint8, offset=offset)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: expected {int(np.prod(dims))} values, found {data.size} (truncated file?)")
+        raise DatasetLayoutError(f"{path}: expected {int(np.prod(dims))} values, found {data.size} (truncated file?); "
+                                 f"{_REINSTALL}")
     return data.reshape(dims)
 
 
@@ -114,7 +123,8 @@ def _load_cached(split: str, root: str) -> Tuple[np.ndarray, np.ndarray]:
     images = read_idx(_file_in(d, _FILES[(split, "images")]))
     labels = read_idx(_file_in(d, _FILES[(split, "labels")]))
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"Fashion-MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels")
+        raise DatasetLayoutError(f"Fashion-MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels; "
+                                 f"{_REINSTALL}")
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels
@@ -252,7 +262,7 @@ def materialize_images(
             return entries
         if found is not None and (found.get("transform"), found.get("limit_per_class")) != (
                 key["transform"], key["limit_per_class"]):
-            raise ValueError(
+            raise DatasetLayoutError(
                 f"{split_dir} was materialised with {found}, not {key}; use another root "
                 f"or delete {split_dir} first."
             )

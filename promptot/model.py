@@ -1,0 +1,193 @@
+"""The model-side protocol every trainer's model follows, and the shared models built on it.
+
+A prompt model is a frozen :class:`~promptot.clip.PromptedCLIP` plus learnable parts. It shows the trainer base
+three methods, so training, evaluation caches and checkpoints are written once:
+
+* ``text_side()`` — the text representation (e.g. normalised class features ``[C, D]``). When it does not depend
+  on the images (``text_is_static``), evaluation computes it once per test run and passes it back.
+* ``image_side(images)`` — the image representation for a batch ``[B, 3, H, W]``.
+* ``logits(image, text)`` — ``[B, C]`` logits, or a :class:`ModelOutput` carrying diagnostics to log (e.g. the OT
+  plan entropy) and auxiliary outputs a loss may use (e.g. DPT's per-layer class-aware logits).
+
+``run(images, text=None)`` composes them into a :class:`ModelOutput`; ``forward`` returns its logits.
+
+Shared pieces: :meth:`PromptModel.encode_text_prompts` / :meth:`PromptModel.encode_images` encode both towers with
+the prompt learner's :class:`~promptot.prompts.TextInputs` / :class:`~promptot.prompts.VisionInputs` (prompt-set
+replication included), :class:`CosineModel` is CLIP's cosine classifier over them (CoOp, MaPLe, IVLP, VPT, zero-shot
+CLIP), and :func:`template_features` gives frozen hand-crafted class features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .clip import PromptedCLIP, TextOutput, VisionOutput, tokenize
+
+__all__ = ["ModelOutput", "PromptModel", "CosineModel", "template_features"]
+
+
+@dataclass
+class ModelOutput:
+    """logits ``[B, C]``; diagnostics: scalar tensors logged with the training loss (e.g. ``plan_ent``);
+    aux: anything else a training loss may need (e.g. auxiliary logits, features)."""
+
+    logits: Tensor
+    diagnostics: Dict[str, Tensor] = field(default_factory=dict)
+    aux: Dict[str, Any] = field(default_factory=dict)
+
+
+class PromptModel(nn.Module):
+    """Base of every trainer's model: a frozen prompted CLIP (``clip``) + an optional ``prompt_learner``.
+
+    Subclasses implement :meth:`text_side`, :meth:`image_side` and :meth:`logits`.
+    """
+
+    #: True when :meth:`text_side` does not depend on the images (evaluation caches it).
+    text_is_static: bool = True
+
+    def __init__(self, clip: PromptedCLIP, prompt_learner: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.clip = clip
+        self.prompt_learner = prompt_learner
+
+    # ------------------------------------------------------------------ protocol
+    def text_side(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement text_side()")
+
+    def image_side(self, images: Tensor) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement image_side(images)")
+
+    def logits(self, image: Any, text: Any) -> Union[Tensor, ModelOutput]:
+        raise NotImplementedError(f"{type(self).__name__} must implement logits(image, text)")
+
+    def run(self, images: Tensor, text: Any = None) -> ModelOutput:
+        """Logits and diagnostics for ``images [B, 3, H, W]``; ``text``: a cached :meth:`text_side`."""
+        if text is None:
+            text = self.text_side()
+        out = self.logits(self.image_side(images), text)
+        return out if isinstance(out, ModelOutput) else ModelOutput(out)
+
+    def forward(self, images: Tensor, text: Any = None) -> Tensor:
+        """Logits ``[B, C]``."""
+        return self.run(images, text).logits
+
+    # ------------------------------------------------------------------ shared encoders
+    @property
+    def scale(self) -> Tensor:
+        """CLIP's logit scale ``exp(logit_scale)`` (≈ 100 = 1/τ)."""
+        return self.clip.logit_scale.exp()
+
+    def encode_text_prompts(self, return_tokens: bool = False, hooks=None) -> TextOutput:
+        """The learner's ``N*C`` prompts (set-major rows ``k*C + c``) through the text tower."""
+        ti = self.prompt_learner.text_inputs() if self.prompt_learner is not None else None
+        if ti is None:
+            raise ValueError(f"{type(self).__name__}: the prompt learner has no text prompts")
+        chunk = int(getattr(self, "text_chunk", 0) or 0)
+        if chunk and ti.embeds.shape[0] > chunk and not hooks:
+            return encode_text_chunked(self.clip, ti, chunk, return_tokens)
+        return self.clip.encode_text(ti.embeds, ti.token_ids, deep_prompts=ti.deep or None, deep_start=ti.deep_start,
+                                     return_tokens=return_tokens, hooks=hooks)
+
+    @staticmethod
+    def per_class(x: Tensor, n_sets: int) -> Tensor:
+        """Set-major rows ``[N*C, ...]`` (row ``k*C + c``) -> ``[C, N, ...]``."""
+        return x.reshape(n_sets, x.shape[0] // n_sets, *x.shape[1:]).transpose(0, 1)
+
+    def n_views(self) -> int:
+        """M: how many times each image is encoded (one per visual prompt set)."""
+        vi = self.prompt_learner.vision_inputs() if self.prompt_learner is not None else None
+        return 1 if vi is None else vi.n_views
+
+    def encode_images(self, images: Tensor, return_tokens: bool = False, hooks=None) -> VisionOutput:
+        """``images [B, 3, H, W]`` through the image tower with the learner's visual prompts; with M visual prompt
+        sets every image is encoded M times, rows ``b*M + m`` (set m)."""
+        vi = self.prompt_learner.vision_inputs() if self.prompt_learner is not None else None
+        if vi is None:
+            return self.clip.encode_image(images, return_tokens=return_tokens, hooks=hooks)
+        b, m = images.shape[0], vi.n_views
+
+        def per_row(p: Optional[Tensor]) -> Optional[Tensor]:
+            # [M, n, D] -> rows b*M + m; a single set broadcasts as [1, n, D]
+            return p if p is None or m == 1 else p.repeat(b, 1, 1)
+
+        x = images if m == 1 else images.repeat_interleave(m, dim=0)
+        return self.clip.encode_image(x, prompts=per_row(vi.shallow), deep_prompts=[per_row(d) for d in vi.deep],
+                                      return_tokens=return_tokens, hooks=hooks)
+
+
+class CosineModel(PromptModel):
+    """CLIP's classifier: ``scale · cos(image feature, class feature)``.
+
+    Class features come from the learner's text prompts (one prompt set), or from ``frozen_text [C, E]`` (VPT,
+    zero-shot CLIP: a hand-crafted classifier kept as a buffer). Image features come from the (prompted) image tower.
+    """
+
+    def __init__(self, clip: PromptedCLIP, prompt_learner: Optional[nn.Module] = None,
+                 frozen_text: Optional[Tensor] = None) -> None:
+        super().__init__(clip, prompt_learner)
+        self.register_buffer("frozen_text", None if frozen_text is None else F.normalize(frozen_text.float(), dim=-1),
+                             persistent=False)
+        if frozen_text is None and (prompt_learner is None or prompt_learner.text_inputs() is None):
+            raise ValueError("CosineModel needs text prompts in the learner or a frozen_text classifier")
+
+    def text_side(self) -> Tensor:
+        """Normalised class features ``[C, E]``."""
+        if self.frozen_text is not None:
+            return self.frozen_text
+        return F.normalize(self.encode_text_prompts().features, dim=-1)
+
+    def image_side(self, images: Tensor) -> Tensor:
+        """Normalised image features ``[B, E]``."""
+        return F.normalize(self.encode_images(images).features, dim=-1)
+
+    def logits(self, image: Tensor, text: Tensor) -> Tensor:
+        return self.scale * image @ text.to(image.dtype).t()
+
+
+def encode_text_chunked(clip: PromptedCLIP, ti, chunk: int, return_tokens: bool = False) -> TextOutput:
+    """:meth:`PromptedCLIP.encode_text` over ``chunk`` prompts at a time; under autograd each chunk is recomputed in
+    backward (activation checkpointing), so the text tower keeps the activations of one chunk instead of all ``N*C``
+    prompts: training memory stops growing with the number of classes (``MODEL.TEXT_CHUNK``). Outputs equal the
+    unchunked call; returned tokens are zero-padded to the longest chunk (positions after EOT are padding anyway)."""
+    n = ti.embeds.shape[0]
+    outs = []
+    for s in range(0, n, chunk):
+        rows = slice(s, min(s + chunk, n))
+        deep = [d[rows] if d is not None and d.shape[0] == n else d for d in ti.deep]
+
+        def run(e: Tensor, i: Tensor, *dp: Tensor) -> TextOutput:
+            return clip.encode_text(e, i, deep_prompts=list(dp) or None, deep_start=ti.deep_start,
+                                    return_tokens=return_tokens)
+
+        args = (ti.embeds[rows], ti.token_ids[rows], *deep)
+        outs.append(checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args))
+    feats = torch.cat([o.features for o in outs])
+    eot = torch.cat([o.eot_index for o in outs])
+    if not return_tokens:
+        return TextOutput(features=feats, eot_index=eot)
+    length = max(o.tokens.shape[1] for o in outs)
+    toks = torch.cat([F.pad(o.tokens, (0, 0, 0, length - o.tokens.shape[1])) for o in outs])
+    return TextOutput(features=feats, tokens=toks, eot_index=eot)
+
+
+@torch.no_grad()
+def template_features(clip: PromptedCLIP, classnames: Sequence[str], templates: Sequence[str],
+                      verbose: bool = True, normalize_each: bool = True) -> Tensor:
+    """Hand-crafted class features ``[C, E]`` (fp32, normalised): for each template, the frozen CLIP's normalised
+    features of ``template.format(name)``; averaged over templates and normalised again (CoOp's ZeroshotCLIP2).
+    ``normalize_each=False`` averages the raw features before the one normalisation (PromptSRC's frozen features)."""
+    device = clip.logit_scale.device
+    names = [c.replace("_", " ") for c in classnames]
+    feats = 0
+    for t in templates:
+        if verbose:
+            print(f"Prompt template: {t!r}")
+        ids = tokenize([t.format(n) for n in names]).to(device)
+        f = clip.encode_text_ids(ids).float()
+        feats = feats + (F.normalize(f, dim=-1) if normalize_each else f)
+    return F.normalize(feats, dim=-1)

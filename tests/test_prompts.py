@@ -1,0 +1,169 @@
+"""The shared prompt modules (``promptot/prompts.py``) and model encoders (``promptot/model.py``), by value."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from promptot.clip import PromptedCLIP, build_tiny_clip, token_length, tokenize
+from promptot.errors import ConfigError
+from promptot.model import CosineModel, PromptModel
+from promptot.prompts import DeepPrompts, MetaNet, MultiModalPrompts, TextPrompts
+
+NAMES = ["golden retriever", "cat", "double decker bus"]
+
+
+@pytest.fixture(scope="module")
+def clip() -> PromptedCLIP:
+    m = build_tiny_clip("vit", embed_dim=32, image_size=32, width=64, layers=3, patch_size=8, text_layers=3)
+    m.requires_grad_(False)
+    return PromptedCLIP(m)
+
+
+def emb(clip, text: str) -> torch.Tensor:
+    return clip.embed_tokens(tokenize(text))[0]
+
+
+@pytest.mark.parametrize("position,template", [("end", "a photo of a {}."), ("middle", "a photo {} of a."),
+                                               ("front", "{} a photo of a.")])
+def test_class_token_positions_build_the_right_sentence(clip, position, template):
+    """With the context initialised from words, each prompt equals the embedding of the sentence it spells."""
+    tp = TextPrompts(clip, NAMES, ctx_init="a photo of a", init_mode="coop", position=position)
+    built = tp.build()
+    assert built.shape == (len(NAMES), 77, clip.text_width)
+    for c, name in enumerate(NAMES):
+        torch.testing.assert_close(built[c], emb(clip, template.format(name)), rtol=0, atol=0)
+    assert torch.equal(tp.prompt_token_ids()[:, :1], tokenize("x")[:, :1].expand(len(NAMES), 1))
+
+
+def test_first_words_learnable_rest_fixed_and_sets_are_set_major(clip):
+    """MaPLe/ALIGN init: the first n_ctx words are the context, the rest of the init stays as fixed tokens; with
+    N sets the prompts are set-major (row k*C + c) and only set 0 starts from the words."""
+    tp = TextPrompts(clip, NAMES, n_ctx=2, ctx_init="a photo of a", init_mode="first", n_sets=3, init_sets="first")
+    assert tp.ctx.shape == (3, 2, clip.text_width)
+    torch.testing.assert_close(tp.ctx[0], emb(clip, "a photo")[1:3], rtol=0, atol=0)
+    assert not torch.allclose(tp.ctx[1], tp.ctx[0])
+    built = tp.build()
+    assert built.shape[0] == 3 * len(NAMES)
+    for k in range(3):
+        for c, name in enumerate(NAMES):
+            row = built[k * len(NAMES) + c]
+            torch.testing.assert_close(row[1:3], tp.ctx[k], rtol=0, atol=0)
+            torch.testing.assert_close(row[3:], emb(clip, f"a photo of a {name}.")[3:], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="exceeds"):
+        TextPrompts(clip, NAMES, n_ctx=5, ctx_init="a photo of a", init_mode="first")
+
+
+def test_token_mask_marks_context_and_class_name(clip):
+    tp = TextPrompts(clip, NAMES, n_ctx=2, ctx_init="a photo of a", init_mode="first")
+    mask = tp.token_mask(20)
+    for c, name in enumerate(NAMES):
+        expect = torch.zeros(20, dtype=torch.bool)
+        expect[1:3] = True  # the two learnable tokens; "of a" (positions 3, 4) are fixed words
+        expect[5:5 + token_length(name)] = True
+        assert torch.equal(mask[c], expect), name
+
+
+def test_csc_context_is_per_class(clip):
+    tp = TextPrompts(clip, NAMES, n_ctx=3, csc=True)
+    assert tp.ctx.shape == (len(NAMES), 3, clip.text_width)
+    built = tp.build()
+    for c in range(len(NAMES)):
+        torch.testing.assert_close(built[c, 1:4], tp.ctx[c], rtol=0, atol=0)
+
+
+def test_deep_prompts_coupled_are_projections_of_the_text_prompts(clip):
+    mm = MultiModalPrompts(clip, NAMES, n_ctx=2, text_depth=3, text_sets=2, coupled=True)
+    ti, vi = mm.text_inputs(), mm.vision_inputs()
+    assert ti.embeds.shape[0] == 2 * len(NAMES) and ti.n_sets == 2 and len(ti.deep) == 2
+    for k, d in enumerate(ti.deep):  # [N, n, Dt] replicated per class, set-major
+        assert d.shape == (2 * len(NAMES), 2, clip.text_width)
+        torch.testing.assert_close(d[len(NAMES)], mm.deep.text[k][1], rtol=0, atol=0)
+    torch.testing.assert_close(vi.shallow, mm.deep.shallow_proj(mm.text.ctx), rtol=0, atol=0)
+    for k, d in enumerate(vi.deep):
+        torch.testing.assert_close(d, mm.deep.proj[k](mm.deep.text[k]), rtol=0, atol=0)
+    assert vi.n_views == 2
+    with pytest.raises(ConfigError, match="must equal"):
+        MultiModalPrompts(clip, NAMES, text_depth=2, text_sets=2, vision_sets=3, coupled=True)
+
+
+def test_independent_vision_and_frozen_text(clip):
+    mm = MultiModalPrompts(clip, NAMES, n_ctx=2, text_depth=2, coupled=False, n_ctx_vision=3, vision_depth=3,
+                           vision_sets=1)
+    vi = mm.vision_inputs()
+    assert vi.shallow.shape == (1, 3, clip.vision_width) and len(vi.deep) == 2
+    lang = MultiModalPrompts(clip, NAMES, n_ctx=4, text_depth=3, coupled=False, vision_depth=0)
+    assert lang.vision_inputs() is None and len(lang.text_inputs().deep) == 2
+    vpt = MultiModalPrompts(clip, NAMES, learn_text=False, coupled=False, n_ctx_vision=4, vision_depth=2)
+    assert vpt.text_inputs() is None and vpt.text is None and vpt.vision_inputs().shallow.shape[1] == 4
+    assert not [n for n, _ in vpt.named_parameters() if n.startswith("deep.text")]
+
+
+def test_deep_prompt_parameter_counts_follow_the_shapes():
+    d = DeepPrompts(n_ctx=2, depth=9, text_width=512, vision_width=768, coupled=True)
+    # 8 deep text prompts (2 x 512), the shallow coupling and 8 deep couplings (512 x 768 + 768 each)
+    assert sum(p.numel() for p in d.parameters()) == 8 * 2 * 512 + 9 * (512 * 768 + 768)
+    d = DeepPrompts(n_ctx=2, depth=12, text_width=512, vision_width=768, coupled=False, n_ctx_vision=8,
+                    vision_depth=12, n_vis_sets=3)
+    assert sum(p.numel() for p in d.parameters()) == 11 * 2 * 512 + 12 * 3 * 8 * 768
+
+
+def test_meta_net_is_cocoop_bottleneck():
+    m = MetaNet(512, 512)
+    assert [tuple(p.shape) for p in m.parameters()] == [(32, 512), (32,), (512, 32), (512,)]
+    x = torch.randn(4, 512)
+    torch.testing.assert_close(m(x), m.linear2(torch.relu(m.linear1(x))), rtol=0, atol=0)
+
+
+def test_multi_view_encoding_rows_are_image_major(clip):
+    """With M visual sets each image is encoded once per set, row b*M + m = (image b, set m)."""
+    mm = MultiModalPrompts(clip, NAMES, n_ctx=2, text_depth=2, coupled=False, n_ctx_vision=2, vision_depth=2,
+                           vision_sets=2)
+    model = PromptModel(clip, mm)
+    x = torch.randn(3, 3, 32, 32)
+    out = model.encode_images(x).features
+    vi = mm.vision_inputs()
+    for m in range(2):
+        alone = clip.encode_image(x, prompts=vi.shallow[m], deep_prompts=[d[m] for d in vi.deep]).features
+        torch.testing.assert_close(out[m::2], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_cosine_model_with_frozen_text_is_zero_shot_clip(clip):
+    from promptot.model import template_features
+
+    feats = template_features(clip, NAMES, ["a photo of a {}."], verbose=False)
+    model = CosineModel(clip, frozen_text=feats)
+    x = torch.randn(2, 3, 32, 32)
+    img = torch.nn.functional.normalize(clip.clip.encode_image(x), dim=-1)
+    txt = torch.nn.functional.normalize(clip.clip.encode_text(tokenize([f"a photo of a {n}." for n in NAMES])), dim=-1)
+    torch.testing.assert_close(model(x), clip.logit_scale.exp() * img @ txt.t(), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="frozen_text"):
+        CosineModel(clip)
+
+
+@pytest.mark.parametrize("return_tokens", [False, True])
+def test_chunked_text_encoding_equals_one_pass(clip, return_tokens):
+    """MODEL.TEXT_CHUNK: prompts encoded a chunk at a time (recomputed in backward) give the same features, tokens
+    and gradients as one pass, deep prompts included."""
+    mm = MultiModalPrompts(clip, NAMES + ["x", "a rather long class name here"], n_ctx=2, text_depth=3, text_sets=2,
+                           coupled=True)
+    model = PromptModel(clip, mm)
+    ref = model.encode_text_prompts(return_tokens=return_tokens)
+    def real(o):  # the tokens up to each prompt's EOT
+        keep = torch.arange(o.tokens.shape[1])[None, :] <= o.eot_index[:, None]
+        return (o.tokens * keep[..., None]).sum()
+
+    (ref.features.sum() + (real(ref) if return_tokens else 0)).backward()
+    params = [p for p in mm.parameters() if p.grad is not None]  # the text side's (couplings act on vision)
+    assert len(params) == 3
+    grads = [p.grad.clone() for p in params]
+    mm.zero_grad()
+    model.text_chunk = 3
+    out = model.encode_text_prompts(return_tokens=return_tokens)
+    torch.testing.assert_close(out.features, ref.features, rtol=1e-5, atol=1e-5)
+    if return_tokens:  # real positions (up to each prompt's EOT) are equal; later ones are padding either way
+        assert torch.equal(out.eot_index, ref.eot_index)
+        for row, eot in enumerate(ref.eot_index.tolist()):
+            torch.testing.assert_close(out.tokens[row, :eot + 1], ref.tokens[row, :eot + 1], rtol=1e-5, atol=1e-5)
+    (out.features.sum() + (real(out) if return_tokens else 0)).backward()
+    for g, p in zip(grads, params):
+        torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-4)  # fp32 sums in another order
