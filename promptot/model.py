@@ -14,8 +14,8 @@ three methods, so training, evaluation caches and checkpoints are written once:
 Shared pieces: :meth:`PromptModel.encode_text_prompts` / :meth:`PromptModel.encode_images` encode both towers with
 the prompt learner's :class:`~promptot.prompts.TextInputs` / :class:`~promptot.prompts.VisionInputs` (prompt-set
 replication included), :meth:`PromptModel.encode_per_image_prompts` encodes image-conditioned prompts (one context
-per image, B×C prompts in bounded chunks: CoCoOp, CoPL), :class:`CosineModel` is CLIP's cosine classifier over them (CoOp, MaPLe, IVLP, VPT, zero-shot
-CLIP), and :func:`template_features` gives frozen hand-crafted class features.
+per image, B×C prompts in bounded chunks: CoCoOp, CoPL), :class:`CosineModel` is CLIP's cosine classifier over them
+(CoOp, MaPLe, IVLP, VPT, zero-shot CLIP), and :func:`template_features` gives frozen hand-crafted class features.
 """
 from __future__ import annotations
 

@@ -28,6 +28,9 @@ METHODS = {
     "CoCoOp": ("CoCoOp", "configs/trainers/CoCoOp/miniclip.yaml", False),
     "PLOT": ("PLOT", "configs/trainers/PLOT/miniclip.yaml", False),
     "ALIGN": ("ALIGN", "configs/trainers/ALIGN/miniclip.yaml", False),
+    "KgCoOp": ("KgCoOp", "configs/trainers/KgCoOp/miniclip.yaml", False),
+    "ProGrad": ("ProGrad", "configs/trainers/ProGrad/miniclip.yaml", False),
+    "CoPL": ("CoPL", "configs/trainers/CoPL/miniclip.yaml", False),
 }
 
 

@@ -207,3 +207,19 @@ def test_vit_configs_are_cocoops_recipe_with_the_default_reading(cfg_file, toy_r
     assert c == CoPLConfig()  # every key at its default: the default reading, 4 tokens from "a photo of a", fp16
     batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
     assert (cfg.OPTIM.MAX_EPOCH, cfg.OPTIM.LR, cfg.MODEL.BACKBONE.NAME) == (10, 0.002 * batch, "ViT-B/16")
+
+
+@pytest.mark.parametrize("prec", ["fp16", "amp"])
+def test_half_and_mixed_precision_train_one_step(prec, toy_root, tmp_path, tiny_vit_path):
+    """SGD as in the ViT-B/16 configs (fp16 prompts have no master copy, which Adam's eps does not survive)."""
+    tr = build_registered("CoPL", toy_root, tmp_path / "o", tiny_vit_path,
+                          extra=["TRAINER.COPL.PREC", prec, "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002"])
+    pl = tr.model.prompt_learner
+    assert pl.text.ctx.dtype == pl.meta_net.linear1.weight.dtype == (torch.float16 if prec == "fp16" else torch.float32)
+    tr.set_model_mode("train")
+    tr.num_batches, tr.batch_idx, tr.epoch = 10, 0, 0
+    before = pl.text.ctx.detach().clone()
+    terms = tr.forward_backward(next(iter(tr.train_loader_x)))
+    assert all(math.isfinite(v) for v in terms.values()) and not torch.equal(before, pl.text.ctx.detach())
+    with torch.no_grad():
+        assert torch.isfinite(tr.model_inference(next(iter(tr.test_loader))["img"])).all()

@@ -209,3 +209,20 @@ def test_reference_configs_resolve(cfg_file, toy_root, tmp_path):
             assert cfg.OPTIM.MAX_EPOCH == {"rn50": 200, "rn50_ep100": 100, "rn50_ep50": 50}[Path(cfg_file).stem]
         else:  # the base-to-new ViT-B/16 recipe of this project (see the yaml)
             assert (c.CTX_INIT, c.N_CTX, c.TEMPLATES, cfg.OPTIM.MAX_EPOCH) == ("a photo of a", 4, "kgcoop", 100)
+
+
+@pytest.mark.parametrize("name,node", [("KgCoOp", "KGCOOP"), ("ProGrad", "PROGRAD")])
+@pytest.mark.parametrize("prec", ["fp16", "amp"])
+def test_half_and_mixed_precision_train_one_step(name, node, prec, toy_root, tmp_path, tiny_vit_path):
+    """SGD as in the reference configs (the reference's fp16 prompts have no master copy, which Adam's eps does not
+    survive: the mini-CLIP configs use fp32)."""
+    tr = build_registered(name, toy_root, tmp_path / "o", tiny_vit_path,
+                          extra=[f"TRAINER.{node}.PREC", prec, "OPTIM.NAME", "sgd", "OPTIM.LR", "0.002"])
+    ctx = tr.model.prompt_learner.ctx
+    assert ctx.dtype == (torch.float16 if prec == "fp16" else torch.float32)
+    before = ctx.detach().clone()
+    batch = next(iter(tr.train_loader_x))
+    terms = one_step(tr, batch["img"], batch["label"])
+    assert all(math.isfinite(v) for v in terms.values()) and not torch.equal(before, ctx.detach())
+    with torch.no_grad():
+        assert torch.isfinite(tr.model_inference(next(iter(tr.test_loader))["img"])).all()
