@@ -144,12 +144,17 @@ class CosineModel(PromptModel):
 
     Class features come from the learner's text prompts (one prompt set), or from ``frozen_text [C, E]`` (VPT,
     zero-shot CLIP: a hand-crafted classifier kept as a buffer). Image features come from the (prompted) image tower.
+    ``hand_text [C, E]``: hand-crafted class features kept *beside* the learned classifier, unused by the logits, for
+    losses that compare with zero-shot CLIP (KgCoOp's guidance term, ProGrad's teacher, :meth:`hand_logits`).
+    Both buffers are non-persistent: rebuilt from the class names, never in checkpoints.
     """
 
     def __init__(self, clip: PromptedCLIP, prompt_learner: Optional[nn.Module] = None,
-                 frozen_text: Optional[Tensor] = None) -> None:
+                 frozen_text: Optional[Tensor] = None, hand_text: Optional[Tensor] = None) -> None:
         super().__init__(clip, prompt_learner)
         self.register_buffer("frozen_text", None if frozen_text is None else F.normalize(frozen_text.float(), dim=-1),
+                             persistent=False)
+        self.register_buffer("hand_text", None if hand_text is None else F.normalize(hand_text.float(), dim=-1),
                              persistent=False)
         if frozen_text is None and (prompt_learner is None or prompt_learner.text_inputs() is None):
             raise ValueError("CosineModel needs text prompts in the learner or a frozen_text classifier")
@@ -166,6 +171,12 @@ class CosineModel(PromptModel):
 
     def logits(self, image: Tensor, text: Tensor) -> Tensor:
         return self.scale * image @ text.to(image.dtype).t()
+
+    def hand_logits(self, image: Tensor) -> Tensor:
+        """Zero-shot logits ``[B, C]`` (fp32) of normalised image features ``image [B, E]`` against ``hand_text``."""
+        if self.hand_text is None:
+            raise ValueError(f"{type(self).__name__} was built without hand_text")
+        return self.scale.float() * image.float() @ self.hand_text.t()
 
 
 @torch.no_grad()

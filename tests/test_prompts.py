@@ -196,3 +196,19 @@ def test_per_image_prompts_equal_one_build_per_image(clip):
         torch.testing.assert_close(out, loop, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="generic prompt set"):
         TextPrompts(clip, NAMES, n_ctx=2, csc=True).build_per_image(ctx[:, :2])
+
+
+def test_cosine_model_keeps_hand_features_beside_the_learned_classifier(clip):
+    """hand_text does not change the logits; hand_logits are zero-shot CLIP's (KgCoOp's guidance, ProGrad's teacher)."""
+    from promptot.model import template_features
+
+    tp = TextPrompts(clip, NAMES, ctx_init="a photo of a", init_mode="coop")
+    hand = template_features(clip, NAMES, ["a {} in a video game."], verbose=False)
+    x = torch.randn(2, 3, 32, 32)
+    with_hand, plain = CosineModel(clip, tp, hand_text=hand), CosineModel(clip, tp)
+    torch.testing.assert_close(with_hand(x), plain(x), rtol=0, atol=0)
+    zero_shot = CosineModel(clip, frozen_text=hand)
+    torch.testing.assert_close(with_hand.hand_logits(with_hand.image_side(x)), zero_shot(x), rtol=1e-5, atol=1e-5)
+    assert "hand_text" not in with_hand.state_dict()
+    with pytest.raises(ValueError, match="hand_text"):
+        plain.hand_logits(plain.image_side(x))
