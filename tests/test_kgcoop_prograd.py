@@ -151,7 +151,7 @@ def test_prograd_matches_the_reference_code(case, toy_root, tmp_path, tiny_vit_p
     with torch.no_grad():
         img = tr.model.image_side(gold["images"])
         torch.testing.assert_close(tr.model.logits(img, tr.model.text_side()), ref["logits"], **TOL)
-        torch.testing.assert_close(tr.model.teacher_logits(img), ref["teacher"], **TOL)
+        torch.testing.assert_close(tr.model.hand_logits(img), ref["teacher"], **TOL)
     terms = one_step(tr, gold["images"], ref["labels"])
     assert terms["loss"] == pytest.approx(float(ref["xe"]), abs=1e-5)
     assert terms["kl_loss"] == pytest.approx(float(ref["kl"]), abs=1e-5)
@@ -177,7 +177,7 @@ def test_prograd_update_is_the_rule_on_its_own_gradients(toy_root, tmp_path, tin
         img = tr.model.image_side(batch["img"])
         logits = tr.model.logits(img, tr.model.text_side())
         g_d, = torch.autograd.grad(F.cross_entropy(logits, batch["label"]), ctx, retain_graph=True)
-        g_g, = torch.autograd.grad(prograd_kl(logits, tr.model.teacher_logits(img).detach()), ctx)
+        g_g, = torch.autograd.grad(prograd_kl(logits, tr.model.hand_logits(img).detach()), ctx)
         one_step(tr, batch["img"], batch["label"])
         torch.testing.assert_close(ctx.grad, project_conflicting(g_d, g_g, float(lam)), **TOL)
         if lam == "0.0":

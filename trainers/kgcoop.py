@@ -21,8 +21,9 @@ yaml's ``CTX_INIT: True`` (which hard-codes "a photo of a") → ``CTX_INIT "a ph
 Official checkpoints: the reference prompt learner also saves ``bias_vectors`` and ``meta_net.linear1.*``, which
 its forward pass never uses; :meth:`KgCoOp.convert_checkpoint_state` drops them and keeps ``ctx`` (same name here).
 
-Composition: CoOp's :class:`~promptot.prompts.TextPrompts` + :class:`~promptot.model.CosineModel`, frozen hand-crafted
-features from :func:`~promptot.model.template_features`, the term in :meth:`KgCoOp.training_loss`.
+Composition: CoOp's :class:`~promptot.prompts.TextPrompts` + :class:`~promptot.model.CosineModel` holding the frozen
+hand-crafted features (``hand_text``, from :func:`~promptot.model.template_features`); the term in
+:meth:`KgCoOp.training_loss`.
 """
 from __future__ import annotations
 
@@ -63,22 +64,16 @@ def knowledge_guided_distance(text: Tensor, hand: Tensor) -> Tensor:
     return 1.0 - F.cosine_similarity(text.float(), hand.float(), dim=-1, eps=1e-7).mean()
 
 
-class KgCoOpModel(CosineModel):
-    """CoOp's cosine classifier with the frozen hand-crafted class features ``hand_text [C, E]`` beside it (a
-    non-persistent buffer, rebuilt from the class names, so checkpoints transfer to other classes)."""
-
-    def __init__(self, clip, prompt_learner, hand_text: Tensor) -> None:
-        super().__init__(clip, prompt_learner)
-        self.register_buffer("hand_text", hand_text.float(), persistent=False)
-
-
 @TRAINER_REGISTRY.register()
 class KgCoOp(PromptTrainer):
     config_class = KgCoOpConfig
 
-    def compose(self, clip, c: KgCoOpConfig) -> KgCoOpModel:
+    def compose(self, clip, c: KgCoOpConfig) -> CosineModel:
+        """CoOp's model with the hand-crafted class features beside it (``hand_text``, rebuilt from the class names,
+        so checkpoints transfer to other classes)."""
         template = dataset_template(self.cfg.DATASET.NAME, self.dm.dataset, c.TEMPLATES, c.TEMPLATE)
-        return KgCoOpModel(clip, coop_prompts(self, clip, c), template_features(clip, self.classnames, [template]))
+        return CosineModel(clip, coop_prompts(self, clip, c),
+                           hand_text=template_features(clip, self.classnames, [template]))
 
     def training_loss(self, batch) -> Tuple[Tensor, Dict[str, Any]]:
         """``CE + W · (1 − mean cos(t, t^clip))``; logs ``loss`` (the total, as the reference), ``ce``, ``kg`` and

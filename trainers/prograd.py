@@ -28,8 +28,9 @@ The teacher reuses the student's image feature: CoOp does not prompt the image t
 image feature (computed in the CLIP's precision; the reference teacher is always fp32). Official checkpoints hold
 ``ctx`` (plus the class-dependent ``token_prefix/suffix``, never loaded) and load as they are.
 
-Composition: :class:`~promptot.prompts.TextPrompts` (``init_mode "right"``) + :class:`~promptot.model.CosineModel`,
-teacher features from :func:`~promptot.model.template_features`, the projection as :meth:`transform_gradients`.
+Composition: :class:`~promptot.prompts.TextPrompts` (``init_mode "right"``) + :class:`~promptot.model.CosineModel`
+holding the teacher's class features (``hand_text``, from :func:`~promptot.model.template_features`; the teacher's
+logits are its ``hand_logits``), the projection as :meth:`transform_gradients`.
 """
 from __future__ import annotations
 
@@ -88,29 +89,17 @@ def init_words(c: ProGradConfig, template: str) -> str:
     return template[: -len(" {}.")]
 
 
-class ProGradModel(CosineModel):
-    """CoOp's cosine classifier plus the zero-shot teacher's class features ``teacher_text [C, E]`` (non-persistent
-    buffer, rebuilt from the class names)."""
-
-    def __init__(self, clip, prompt_learner, teacher_text: Tensor) -> None:
-        super().__init__(clip, prompt_learner)
-        self.register_buffer("teacher_text", teacher_text.float(), persistent=False)
-
-    def teacher_logits(self, image: Tensor) -> Tensor:
-        """Zero-shot logits ``[B, C]`` (fp32) for normalised image features ``image [B, E]``."""
-        return self.scale.float() * image.float() @ self.teacher_text.t()
-
-
 @TRAINER_REGISTRY.register()
 class ProGrad(PromptTrainer):
     config_class = ProGradConfig
 
-    def compose(self, clip, c: ProGradConfig) -> ProGradModel:
+    def compose(self, clip, c: ProGradConfig) -> CosineModel:
+        """CoOp's model (right-aligned init) with the teacher's hand-crafted class features beside it (``hand_text``)."""
         template = dataset_template(self.cfg.DATASET.NAME, self.dm.dataset, c.TEMPLATES, c.TEMPLATE)
         learner = TextPrompts(clip, self.classnames, n_ctx=c.N_CTX, ctx_init=init_words(c, template),
                               init_mode="right", csc=c.CSC, position=c.CLASS_TOKEN_POSITION, dtype=self.param_dtype)
         self.projection = ProGradProjection(c.LAMBDA)
-        return ProGradModel(clip, learner, template_features(clip, self.classnames, [template]))
+        return CosineModel(clip, learner, hand_text=template_features(clip, self.classnames, [template]))
 
     def training_loss(self, batch) -> Tuple[Tensor, Dict[str, Any]]:
         """The task loss CE (returned and backpropagated); the general gradient g_g of the KL to the teacher is taken
@@ -120,7 +109,7 @@ class ProGrad(PromptTrainer):
         logits = self.model.logits(img, self.model.text_side()).float()
         ce = F.cross_entropy(logits, label)
         with torch.no_grad():
-            teacher = self.model.teacher_logits(img)
+            teacher = self.model.hand_logits(img)
         kl = prograd_kl(logits, teacher, self.method_cfg.T)
         params = [p for _, p in self.learnable_parameters()]
         # retain_graph: CE's backward reuses the student's graph
