@@ -92,7 +92,7 @@ class PromptModel(nn.Module):
         if ti is None:
             raise ValueError(f"{type(self).__name__}: the prompt learner has no text prompts")
         chunk = int(getattr(self, "text_chunk", 0) or 0)
-        if chunk and ti.embeds.shape[0] > chunk and not hooks:
+        if chunk and ti.n_prompts > chunk and not hooks:
             return encode_text_chunked(self.clip, ti, chunk, return_tokens)
         return self.clip.encode_text(ti.embeds, ti.token_ids, deep_prompts=ti.deep or None, deep_start=ti.deep_start,
                                      return_tokens=return_tokens, hooks=hooks)
@@ -188,17 +188,19 @@ def encode_text_chunked(clip: PromptedCLIP, ti, chunk: int, return_tokens: bool 
     backward (activation checkpointing), so the text tower keeps the activations of one chunk instead of all ``N*C``
     prompts: training memory stops growing with the number of classes (``MODEL.TEXT_CHUNK``). Outputs equal the
     unchunked call; returned tokens are zero-padded to the longest chunk (positions after EOT are padding anyway)."""
-    n = ti.embeds.shape[0]
+    n = ti.n_prompts
     outs = []
     for s in range(0, n, chunk):
         rows = slice(s, min(s + chunk, n))
         deep = [d[rows] if d is not None and d.shape[0] == n else d for d in ti.deep]
 
-        def run(e: Tensor, i: Tensor, *dp: Tensor) -> TextOutput:
-            return clip.encode_text(e, i, deep_prompts=list(dp) or None, deep_start=ti.deep_start,
-                                    return_tokens=return_tokens)
+        def run(i: Tensor, *dp: Tensor, rows: slice = rows) -> TextOutput:
+            # the chunk's embeddings are built inside (and rebuilt in backward) from the learnable context, so the
+            # prompts of only one chunk are ever alive
+            return clip.encode_text(ti.rows(rows.start, rows.stop), i, deep_prompts=list(dp) or None,
+                                    deep_start=ti.deep_start, return_tokens=return_tokens)
 
-        args = (ti.embeds[rows], ti.token_ids[rows], *deep)
+        args = (ti.token_ids[rows], *deep)
         outs.append(checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args))
     feats = torch.cat([o.features for o in outs])
     eot = torch.cat([o.eot_index for o in outs])

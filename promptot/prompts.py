@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,19 +32,39 @@ POSITIONS = ("end", "middle", "front")
 COUPLINGS = ("coupled", "independent")
 
 
-@dataclass
 class TextInputs:
     """Inputs of the text tower for ``n_sets * C`` prompts, laid out set-major (row ``k * C + c``).
 
-    embeds: ``[N*C, L, Dt]`` prompt embeddings; token_ids: ``[N*C, L]``; deep: deep prompts of blocks 1.. (entries
-    ``[N*C, n, Dt]`` or ``[1, n, Dt]`` broadcast over prompts, or None); deep_start: first replaced position.
+    embeds: ``[N*C, L, Dt]`` prompt embeddings — given, or built on first access by ``build_rows`` (which also builds
+    any row range alone, so that a chunked text pass never materialises every prompt: :meth:`rows`);
+    token_ids: ``[N*C, L]``; deep: deep prompts of blocks 1.. (entries ``[N*C, n, Dt]`` or ``[1, n, Dt]`` broadcast
+    over prompts, or None); deep_start: first replaced position.
     """
 
-    embeds: Tensor
-    token_ids: Tensor
-    n_sets: int = 1
-    deep: List[Optional[Tensor]] = field(default_factory=list)
-    deep_start: int = 1
+    def __init__(self, embeds: Optional[Tensor], token_ids: Tensor, n_sets: int = 1,
+                 deep: Optional[List[Optional[Tensor]]] = None, deep_start: int = 1,
+                 build_rows: Optional[Callable[[int, int], Tensor]] = None) -> None:
+        if embeds is None and build_rows is None:
+            raise ValueError("TextInputs needs the embeddings or a build_rows function")
+        self._embeds, self.token_ids, self.n_sets = embeds, token_ids, n_sets
+        self.deep = list(deep) if deep is not None else []
+        self.deep_start, self.build_rows = deep_start, build_rows
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    @property
+    def embeds(self) -> Tensor:
+        if self._embeds is None:
+            self._embeds = self.build_rows(0, self.n_prompts)
+        return self._embeds
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Embeddings of prompts ``start .. stop-1`` (built alone when a builder is known)."""
+        if self._embeds is None:
+            return self.build_rows(start, stop)
+        return self._embeds[start:stop]
 
 
 @dataclass
@@ -213,21 +233,33 @@ class TextPrompts(nn.Module):
             raise ValueError(f"per-image contexts must be [B, n_ctx, D], got {tuple(ctx.shape)}")
         return self._assemble(ctx.unsqueeze(1).expand(-1, self.n_cls, -1, -1))
 
-    def _assemble(self, ctx: Tensor) -> Tensor:
-        """``ctx [S, C, n, D]`` between the frozen prefix and suffix -> ``[S*C, L, D]`` (row ``s*C + c``)."""
+    def build_rows(self, start: int, stop: int) -> Tensor:
+        """Embeddings of the set-major prompts ``start .. stop-1`` of :meth:`build` (for ``self.ctx``), built alone."""
+        if self.extra_slots:
+            raise ValueError(f"these prompts have {self.extra_slots} extra slots: build them with a context")
+        ctx = self._per_class(self.ctx)
+        parts = []
+        for k in range(start // self.n_cls, (stop - 1) // self.n_cls + 1):
+            c0, c1 = max(start - k * self.n_cls, 0), min(stop - k * self.n_cls, self.n_cls)
+            parts.append(self._assemble(ctx[k:k + 1, c0:c1], classes=slice(c0, c1)))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _assemble(self, ctx: Tensor, classes: slice = slice(None)) -> Tensor:
+        """``ctx [S, Cs, n, D]`` between the frozen prefix and suffix of ``classes`` -> ``[S*Cs, L, D]`` (row
+        ``s*Cs + c``)."""
         n_slots = self.n_ctx + self.extra_slots
         if ctx.shape[2] != n_slots:
             raise ValueError(f"the context has {ctx.shape[2]} tokens but the prompts have {n_slots} context slots")
         ctx = ctx.to(self.token_prefix.dtype)
-        n_sets = ctx.shape[0]
-        prefix = self.token_prefix.unsqueeze(0).expand(n_sets, -1, -1, -1)
-        suffix = self.token_suffix.unsqueeze(0).expand(n_sets, -1, -1, -1)
+        n_sets, n_cls = ctx.shape[0], ctx.shape[1]
+        prefix = self.token_prefix[classes].unsqueeze(0).expand(n_sets, -1, -1, -1)
+        suffix = self.token_suffix[classes].unsqueeze(0).expand(n_sets, -1, -1, -1)
         if self.position == "end":
             out = torch.cat([prefix, ctx, suffix], dim=2)
         else:
             half = n_slots // 2
             rows = []
-            for c, nl in enumerate(self.name_lens):
+            for c, nl in enumerate(self.name_lens[classes]):
                 name, rest = suffix[:, c, :nl], suffix[:, c, nl:]
                 if self.position == "middle":
                     parts = [prefix[:, c], ctx[:, c, :half], name, ctx[:, c, half:], rest]
@@ -235,7 +267,7 @@ class TextPrompts(nn.Module):
                     parts = [prefix[:, c], name, ctx[:, c], rest]
                 rows.append(torch.cat(parts, dim=1))
             out = torch.stack(rows, dim=1)
-        return out.reshape(n_sets * self.n_cls, out.shape[2], out.shape[3])
+        return out.reshape(n_sets * n_cls, out.shape[2], out.shape[3])
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         """``(embeddings [N*C, L, D], token_ids [N*C, L])``."""
@@ -250,7 +282,9 @@ class TextPrompts(nn.Module):
 
     def text_inputs(self) -> TextInputs:
         """The prompt-learner protocol: shallow prompts only."""
-        return TextInputs(self.build(), self.prompt_token_ids(), n_sets=self.n_sets)
+        if self.extra_slots:
+            return TextInputs(self.build(), self.prompt_token_ids(), n_sets=self.n_sets)
+        return TextInputs(None, self.prompt_token_ids(), n_sets=self.n_sets, build_rows=self.build_rows)
 
     def vision_inputs(self) -> None:
         """The prompt-learner protocol: no visual prompts."""
@@ -397,7 +431,8 @@ class MultiModalPrompts(nn.Module):
             return None
         c = self.text.n_cls
         deep = [p.repeat_interleave(c, dim=0) if p.shape[0] > 1 else p for p in self.deep.text]
-        return TextInputs(self.text.build(), self.text.prompt_token_ids(), n_sets=self.text.n_sets, deep=deep)
+        return TextInputs(None, self.text.prompt_token_ids(), n_sets=self.text.n_sets, deep=deep,
+                          build_rows=self.text.build_rows)
 
     def vision_inputs(self) -> Optional[VisionInputs]:
         if not self.deep.has_vision:
