@@ -47,6 +47,7 @@ def extend_cfg(cfg: CN) -> CN:
     """Add the project's keys to a default config (before any yaml is merged)."""
     cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all | base | new (CoOp's extend_cfg)
     cfg.DATASET.SKIP_CORRUPT = False  # opt-in: skip unreadable images and count them
+    cfg.DATASET.STRICT_SHOTS = False  # opt-in: a class with fewer images than NUM_SHOTS is an error
     cfg.DATASET.FOLDER = ""  # ImageFolder: sub-folder of ROOT holding the user's images
     cfg.MODEL.BACKBONE.PATH = ""  # local CLIP weights (OpenAI .pt archive or state dict)
     cfg.MODEL.TEXT_CHUNK = 0  # >0: encode prompts this many at a time, recomputed in backward (memory flat in C)

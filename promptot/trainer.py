@@ -200,6 +200,11 @@ class PromptTrainer(TrainerX):
                   f"{asked})")
             return {"requested": asked, "used": "all"}
         short = {names.get(k, str(k)): n for k, n in sorted(counts.items()) if n < asked}
+        if short and getattr(self.cfg.DATASET, "STRICT_SHOTS", False):
+            shown = ", ".join(f"{k} ({n})" for k, n in list(short.items())[:10])
+            raise ConfigError(f"DATASET.STRICT_SHOTS is True and {len(short)} class(es) have fewer training images "
+                              f"than DATASET.NUM_SHOTS {asked}: {shown}. Lower NUM_SHOTS, or set STRICT_SHOTS False to "
+                              "let such classes use all their images (Dassl's rule).")
         if short:
             shown = ", ".join(f"{k} ({n})" for k, n in list(short.items())[:10])
             print(f"WARNING: {len(short)} class(es) have fewer training images than DATASET.NUM_SHOTS {asked} and use "
