@@ -184,6 +184,20 @@ class PrecisionConfig(TrainerConfig):
         check_precision(self.PREC, self.key("PREC"))
 
 
+@dataclasses.dataclass
+class HandTemplateConfig(TrainerConfig):
+    """Hand-crafted class prompts of a method's frozen teacher or guidance: ``TEMPLATES`` names a table of
+    :mod:`promptot.templates` (per-dataset templates), ``TEMPLATE`` (if set) is used for every dataset."""
+
+    TEMPLATES: str = "coop"
+    TEMPLATE: str = ""  # "" = the dataset's template from TEMPLATES
+
+    def check_templates(self) -> None:
+        from .templates import TEMPLATE_TABLES
+
+        check_choice(self.key("TEMPLATES"), self.TEMPLATES, sorted(TEMPLATE_TABLES))
+
+
 def check_context(config: TrainerConfig) -> None:
     """Without ``CTX_INIT`` the context is ``N_CTX`` random vectors, so ``N_CTX`` must be >= 1 (with an init, the
     init's words set the length, as in the reference)."""

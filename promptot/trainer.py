@@ -254,6 +254,12 @@ class PromptTrainer(TrainerX):
         """Register the learnable parameter groups (default: ``self.model.prompt_learner`` as ``prompt_learner``)."""
         self.register_learner("prompt_learner", self.model.prompt_learner)
 
+    def hand_template(self, c) -> str:
+        """The hand-crafted template of this run's dataset for a :class:`~promptot.config.HandTemplateConfig`."""
+        from .templates import dataset_template
+
+        return dataset_template(self.cfg.DATASET.NAME, self.dm.dataset, c.TEMPLATES, c.TEMPLATE)
+
     def method_config(self):
         """The typed, validated config of this method (``resolve(cfg, config_class)``)."""
         if self.config_class is None:

@@ -34,11 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from promptot.config import check_choice, register_trainer_config
+from promptot.config import HandTemplateConfig, register_trainer_config
 from promptot.engine import TRAINER_REGISTRY, compute_accuracy
 from promptot.errors import ConfigError
 from promptot.model import CosineModel, template_features
-from promptot.templates import TEMPLATE_TABLES, dataset_template
 from promptot.trainer import PromptTrainer
 
 from .coop import CoOpConfig, coop_prompts
@@ -46,14 +45,13 @@ from .coop import CoOpConfig, coop_prompts
 
 @register_trainer_config("KGCOOP")
 @dataclass
-class KgCoOpConfig(CoOpConfig):
+class KgCoOpConfig(CoOpConfig, HandTemplateConfig):
     W: float = 1.0
     TEMPLATES: str = "kgcoop"
-    TEMPLATE: str = ""  # "" = the dataset's template from TEMPLATES
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice(self.key("TEMPLATES"), self.TEMPLATES, sorted(TEMPLATE_TABLES))
+        self.check_templates()
         if self.W < 0:
             raise ConfigError(f"{self.key('W')} weighs the knowledge-guided term and must be >= 0, got {self.W}")
 
@@ -71,7 +69,7 @@ class KgCoOp(PromptTrainer):
     def compose(self, clip, c: KgCoOpConfig) -> CosineModel:
         """CoOp's model with the hand-crafted class features beside it (``hand_text``, rebuilt from the class names,
         so checkpoints transfer to other classes)."""
-        template = dataset_template(self.cfg.DATASET.NAME, self.dm.dataset, c.TEMPLATES, c.TEMPLATE)
+        template = self.hand_template(c)
         return CosineModel(clip, coop_prompts(self, clip, c),
                            hand_text=template_features(clip, self.classnames, [template]))
 

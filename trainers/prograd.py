@@ -41,13 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from promptot.config import check_choice, register_trainer_config
+from promptot.config import HandTemplateConfig, register_trainer_config
 from promptot.engine import TRAINER_REGISTRY, compute_accuracy
 from promptot.errors import ConfigError
 from promptot.gradients import ProGradProjection
 from promptot.model import CosineModel, template_features
 from promptot.prompts import TextPrompts
-from promptot.templates import TEMPLATE_TABLES, dataset_template
 from promptot.trainer import PromptTrainer
 
 from .coop import CoOpConfig
@@ -55,15 +54,14 @@ from .coop import CoOpConfig
 
 @register_trainer_config("PROGRAD")
 @dataclass
-class ProGradConfig(CoOpConfig):
+class ProGradConfig(CoOpConfig, HandTemplateConfig):
     LAMBDA: float = 1.0
     T: float = 1.0
     TEMPLATES: str = "prograd"
-    TEMPLATE: str = ""  # "" = the dataset's template from TEMPLATES
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice(self.key("TEMPLATES"), self.TEMPLATES, sorted(TEMPLATE_TABLES))
+        self.check_templates()
         if self.T <= 0:
             raise ConfigError(f"{self.key('T')} is the distillation temperature and must be > 0, got {self.T}")
         if self.LAMBDA < 0:
@@ -95,7 +93,7 @@ class ProGrad(PromptTrainer):
 
     def compose(self, clip, c: ProGradConfig) -> CosineModel:
         """CoOp's model (right-aligned init) with the teacher's hand-crafted class features beside it (``hand_text``)."""
-        template = dataset_template(self.cfg.DATASET.NAME, self.dm.dataset, c.TEMPLATES, c.TEMPLATE)
+        template = self.hand_template(c)
         learner = TextPrompts(clip, self.classnames, n_ctx=c.N_CTX, ctx_init=init_words(c, template),
                               init_mode="right", csc=c.CSC, position=c.CLASS_TOKEN_POSITION, dtype=self.param_dtype)
         self.projection = ProGradProjection(c.LAMBDA)
