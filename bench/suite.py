@@ -331,21 +331,25 @@ def bench_ot_head(device: str) -> Dict[str, Any]:
     return vals
 
 
-def bench_align_imagenet_step(device: str, repeats: int, precision: str) -> Dict[str, Any]:
-    """One ALIGN training step shaped like ImageNet: B 4, C 1,000, M = N = 4, ViT-B/16-shaped random CLIP."""
-    from promptot.config import CN, extend_cfg  # noqa: F401
-    from trainers.align import ALIGNConfig, ALIGNModel
+def bench_align_imagenet_step(device: str, repeats: int, precision: str, scale: str = "full",
+                              n_cls: int = 1000) -> Dict[str, Any]:
+    """One ALIGN training step shaped like ImageNet: B 4, C 1,000, M = N = 4, on a ViT-B/16-shaped random CLIP
+    (``scale`` and ``n_cls`` shrink it for a smoke test)."""
+    import trainers  # noqa: F401
     from promptot.prompts import MultiModalPrompts
+    from trainers.align import ALIGNConfig, ALIGNModel
 
-    clip = tiny_clip("full", device, precision)
-    c = ALIGNConfig(PREC=precision, PROMPT_DEPTH=9, TEXT_PROMPT_NUMBER=4, VISION_PROMPT_NUMBER=4)
-    learner = MultiModalPrompts(clip, imagenet_names(1000), n_ctx=c.N_CTX, ctx_init=c.CTX_INIT, text_depth=9,
+    clip = tiny_clip(scale, device, precision)
+    depth = min(9, clip.text_layers, clip.vision_layers)
+    c = ALIGNConfig(PREC=precision, PROMPT_DEPTH=depth, TEXT_PROMPT_NUMBER=4, VISION_PROMPT_NUMBER=4)
+    learner = MultiModalPrompts(clip, imagenet_names(n_cls), n_ctx=c.N_CTX, ctx_init=c.CTX_INIT, text_depth=depth,
                                 text_sets=4, coupled=True, vision_sets=4, dtype=clip.dtype)
     model = ALIGNModel(clip, learner, c).to(device).train()
     model.text_chunk = 500
     opt = torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], lr=0.0035)
-    x = torch.randn(4, 3, 224, 224, device=device)
-    y = torch.randint(0, 1000, (4,), device=device)
+    side = SCALES[scale]["image_size"]
+    x = torch.randn(4, 3, side, side, device=device)
+    y = torch.randint(0, n_cls, (4,), device=device)
     autocast = (torch.autocast(device_type=device, dtype=torch.float16) if precision == "amp"
                 else __import__("contextlib").nullcontext())
 
@@ -358,8 +362,9 @@ def bench_align_imagenet_step(device: str, repeats: int, precision: str) -> Dict
 
     t = median_time(step, device, repeats, warmup=1)
     peak = peak_memory(step, device)
-    print(f"ALIGN ImageNet-shaped step ({precision}): {t:.3f} s, peak {peak / 2**30:.2f} GiB")
-    return {"step_s": t, "peak_bytes": peak, "precision": precision}
+    print(f"ALIGN step, B 4, C {n_cls}, M = N = 4, {scale} scale ({precision}): {t:.3f} s, peak "
+          f"{peak / 2**30:.2f} GiB")
+    return {"step_s": t, "peak_bytes": peak, "precision": precision, "classes": n_cls, "scale": scale}
 
 
 # ----------------------------------------------------------------------------------------------- main

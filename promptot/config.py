@@ -48,6 +48,7 @@ def extend_cfg(cfg: CN) -> CN:
     """Add the project's keys to a default config (before any yaml is merged)."""
     cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all | base | new (CoOp's extend_cfg)
     cfg.DATASET.SKIP_CORRUPT = False  # opt-in: skip unreadable images and count them
+    cfg.DATASET.STRICT_SHOTS = False  # opt-in: a class with fewer images than NUM_SHOTS is an error
     cfg.DATASET.FOLDER = ""  # ImageFolder: sub-folder of ROOT holding the user's images
     cfg.MODEL.BACKBONE.PATH = ""  # local CLIP weights (OpenAI .pt archive or state dict)
     cfg.MODEL.TEXT_CHUNK = 0  # >0: encode prompts this many at a time, recomputed in backward (memory flat in C)
@@ -233,6 +234,20 @@ class PrecisionConfig(TrainerConfig):
         from .precision import check_precision
 
         check_precision(self.PREC, self.key("PREC"))
+
+
+@dataclasses.dataclass
+class HandTemplateConfig(TrainerConfig):
+    """Hand-crafted class prompts of a method's frozen teacher or guidance: ``TEMPLATES`` names a table of
+    :mod:`promptot.templates` (per-dataset templates), ``TEMPLATE`` (if set) is used for every dataset."""
+
+    TEMPLATES: str = "coop"
+    TEMPLATE: str = ""  # "" = the dataset's template from TEMPLATES
+
+    def check_templates(self) -> None:
+        from .templates import TEMPLATE_TABLES
+
+        check_choice(self.key("TEMPLATES"), self.TEMPLATES, sorted(TEMPLATE_TABLES))
 
 
 def check_context(config: TrainerConfig) -> None:

@@ -13,13 +13,14 @@ three methods, so training, evaluation caches and checkpoints are written once:
 
 Shared pieces: :meth:`PromptModel.encode_text_prompts` / :meth:`PromptModel.encode_images` encode both towers with
 the prompt learner's :class:`~promptot.prompts.TextInputs` / :class:`~promptot.prompts.VisionInputs` (prompt-set
-replication included), :class:`CosineModel` is CLIP's cosine classifier over them (CoOp, MaPLe, IVLP, VPT, zero-shot
-CLIP), and :func:`template_features` gives frozen hand-crafted class features.
+replication included), :meth:`PromptModel.encode_per_image_prompts` encodes image-conditioned prompts (one context
+per image, B×C prompts in bounded chunks: CoCoOp, CoPL), :class:`CosineModel` is CLIP's cosine classifier over them
+(CoOp, MaPLe, IVLP, VPT, zero-shot CLIP), and :func:`template_features` gives frozen hand-crafted class features.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .clip import PromptedCLIP, TextOutput, VisionOutput, tokenize
+
+if TYPE_CHECKING:  # prompts.py builds on the CLIP wrapper only; no runtime import needed here
+    from .prompts import TextPrompts
 
 __all__ = ["ModelOutput", "PromptModel", "CosineModel", "template_features"]
 
@@ -88,10 +92,29 @@ class PromptModel(nn.Module):
         if ti is None:
             raise ValueError(f"{type(self).__name__}: the prompt learner has no text prompts")
         chunk = int(getattr(self, "text_chunk", 0) or 0)
-        if chunk and ti.embeds.shape[0] > chunk and not hooks:
+        if chunk and ti.n_prompts > chunk and not hooks:
             return encode_text_chunked(self.clip, ti, chunk, return_tokens)
         return self.clip.encode_text(ti.embeds, ti.token_ids, deep_prompts=ti.deep or None, deep_start=ti.deep_start,
                                      return_tokens=return_tokens, hooks=hooks)
+
+    def encode_per_image_prompts(self, prompts: "TextPrompts", ctx: Tensor, max_prompts: int = 2048) -> Tensor:
+        """Class features ``[B, C, E]`` (not normalised) of image-conditioned prompts: image b's C prompts carry the
+        context ``ctx[b]`` (``ctx [B, n_slots, Dt]``, see :meth:`TextPrompts.build_per_image`).
+
+        The B×C prompts go through the text tower in chunks of whole images, at most ``max_prompts`` prompts per call
+        (always at least one image), so a test batch costs B×C/``max_prompts`` calls instead of B, with bounded memory.
+        """
+        if max_prompts < 1:
+            raise ValueError(f"max_prompts must be >= 1, got {max_prompts}")
+        n_img, n_cls = ctx.shape[0], prompts.n_cls
+        per_call = max(1, max_prompts // n_cls)
+        ids = prompts.prompt_token_ids()
+        out = []
+        for start in range(0, n_img, per_call):
+            chunk = ctx[start:start + per_call]
+            feats = self.clip.encode_text(prompts.build_per_image(chunk), ids.repeat(chunk.shape[0], 1)).features
+            out.append(feats.reshape(chunk.shape[0], n_cls, -1))
+        return torch.cat(out)
 
     @staticmethod
     def per_class(x: Tensor, n_sets: int) -> Tensor:
@@ -125,12 +148,17 @@ class CosineModel(PromptModel):
 
     Class features come from the learner's text prompts (one prompt set), or from ``frozen_text [C, E]`` (VPT,
     zero-shot CLIP: a hand-crafted classifier kept as a buffer). Image features come from the (prompted) image tower.
+    ``hand_text [C, E]``: hand-crafted class features kept *beside* the learned classifier, unused by the logits, for
+    losses that compare with zero-shot CLIP (KgCoOp's guidance term, ProGrad's teacher, :meth:`hand_logits`).
+    Both buffers are non-persistent: rebuilt from the class names, never in checkpoints.
     """
 
     def __init__(self, clip: PromptedCLIP, prompt_learner: Optional[nn.Module] = None,
-                 frozen_text: Optional[Tensor] = None) -> None:
+                 frozen_text: Optional[Tensor] = None, hand_text: Optional[Tensor] = None) -> None:
         super().__init__(clip, prompt_learner)
         self.register_buffer("frozen_text", None if frozen_text is None else F.normalize(frozen_text.float(), dim=-1),
+                             persistent=False)
+        self.register_buffer("hand_text", None if hand_text is None else F.normalize(hand_text.float(), dim=-1),
                              persistent=False)
         if frozen_text is None and (prompt_learner is None or prompt_learner.text_inputs() is None):
             raise ValueError("CosineModel needs text prompts in the learner or a frozen_text classifier")
@@ -148,23 +176,31 @@ class CosineModel(PromptModel):
     def logits(self, image: Tensor, text: Tensor) -> Tensor:
         return self.scale * image @ text.to(image.dtype).t()
 
+    def hand_logits(self, image: Tensor) -> Tensor:
+        """Zero-shot logits ``[B, C]`` (fp32) of normalised image features ``image [B, E]`` against ``hand_text``."""
+        if self.hand_text is None:
+            raise ValueError(f"{type(self).__name__} was built without hand_text")
+        return self.scale.float() * image.float() @ self.hand_text.t()
+
 
 def encode_text_chunked(clip: PromptedCLIP, ti, chunk: int, return_tokens: bool = False) -> TextOutput:
     """:meth:`PromptedCLIP.encode_text` over ``chunk`` prompts at a time; under autograd each chunk is recomputed in
     backward (activation checkpointing), so the text tower keeps the activations of one chunk instead of all ``N*C``
     prompts: training memory stops growing with the number of classes (``MODEL.TEXT_CHUNK``). Outputs equal the
     unchunked call; returned tokens are zero-padded to the longest chunk (positions after EOT are padding anyway)."""
-    n = ti.embeds.shape[0]
+    n = ti.n_prompts
     outs = []
     for s in range(0, n, chunk):
         rows = slice(s, min(s + chunk, n))
         deep = [d[rows] if d is not None and d.shape[0] == n else d for d in ti.deep]
 
-        def run(e: Tensor, i: Tensor, *dp: Tensor) -> TextOutput:
-            return clip.encode_text(e, i, deep_prompts=list(dp) or None, deep_start=ti.deep_start,
-                                    return_tokens=return_tokens)
+        def run(i: Tensor, *dp: Tensor, rows: slice = rows) -> TextOutput:
+            # the chunk's embeddings are built inside (and rebuilt in backward) from the learnable context, so the
+            # prompts of only one chunk are ever alive
+            return clip.encode_text(ti.rows(rows.start, rows.stop), i, deep_prompts=list(dp) or None,
+                                    deep_start=ti.deep_start, return_tokens=return_tokens)
 
-        args = (ti.embeds[rows], ti.token_ids[rows], *deep)
+        args = (ti.token_ids[rows], *deep)
         outs.append(checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args))
     feats = torch.cat([o.features for o in outs])
     eot = torch.cat([o.eot_index for o in outs])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,19 +32,39 @@ POSITIONS = ("end", "middle", "front")
 COUPLINGS = ("coupled", "independent")
 
 
-@dataclass
 class TextInputs:
     """Inputs of the text tower for ``n_sets * C`` prompts, laid out set-major (row ``k * C + c``).
 
-    embeds: ``[N*C, L, Dt]`` prompt embeddings; token_ids: ``[N*C, L]``; deep: deep prompts of blocks 1.. (entries
-    ``[N*C, n, Dt]`` or ``[1, n, Dt]`` broadcast over prompts, or None); deep_start: first replaced position.
+    embeds: ``[N*C, L, Dt]`` prompt embeddings — given, or built on first access by ``build_rows`` (which also builds
+    any row range alone, so that a chunked text pass never materialises every prompt: :meth:`rows`);
+    token_ids: ``[N*C, L]``; deep: deep prompts of blocks 1.. (entries ``[N*C, n, Dt]`` or ``[1, n, Dt]`` broadcast
+    over prompts, or None); deep_start: first replaced position.
     """
 
-    embeds: Tensor
-    token_ids: Tensor
-    n_sets: int = 1
-    deep: List[Optional[Tensor]] = field(default_factory=list)
-    deep_start: int = 1
+    def __init__(self, embeds: Optional[Tensor], token_ids: Tensor, n_sets: int = 1,
+                 deep: Optional[List[Optional[Tensor]]] = None, deep_start: int = 1,
+                 build_rows: Optional[Callable[[int, int], Tensor]] = None) -> None:
+        if embeds is None and build_rows is None:
+            raise ValueError("TextInputs needs the embeddings or a build_rows function")
+        self._embeds, self.token_ids, self.n_sets = embeds, token_ids, n_sets
+        self.deep = list(deep) if deep is not None else []
+        self.deep_start, self.build_rows = deep_start, build_rows
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    @property
+    def embeds(self) -> Tensor:
+        if self._embeds is None:
+            self._embeds = self.build_rows(0, self.n_prompts)
+        return self._embeds
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Embeddings of prompts ``start .. stop-1`` (built alone when a builder is known)."""
+        if self._embeds is None:
+            return self.build_rows(start, stop)
+        return self._embeds[start:stop]
 
 
 @dataclass
@@ -81,19 +101,26 @@ class TextPrompts(nn.Module):
         ctx_init: words to initialise the context from ("" = random N(0, std^2)).
         init_mode: ``"coop"`` — with ``ctx_init`` the context has as many tokens as the init has words and
             replaces them all (CoOp/CoCoOp); ``"first"`` — the first ``n_ctx`` tokens of ``ctx_init`` are
-            learnable and the rest stay as fixed words (MaPLe/ALIGN).
+            learnable and the rest stay as fixed words (MaPLe/ALIGN); ``"right"`` — ``n_ctx`` learnable tokens,
+            the last ones initialised from the tokens of ``ctx_init`` and the leading ones zero (ProGrad).
         init_sets: with ``ctx_init`` and several sets, ``"first"`` initialises only set 0 from the words and
             the others randomly (the ALIGN reference; keeps the sets distinct), ``"all"`` initialises every set.
         csc: class-specific context (CoOp ``CSC``; random init only, as in CoOp).
         position: class token position ``end`` | ``middle`` | ``front``.
+        extra_slots: placeholder positions right after the context that the caller fills at build time
+            (CoPL's appended conditional tokens): :meth:`build` / :meth:`build_per_image` then take a context of
+            ``n_ctx + extra_slots`` tokens. Not with fixed words after the context (``"first"`` with a longer init).
     """
 
     def __init__(self, clip: PromptedCLIP, classnames: Sequence[str], n_ctx: int = 16, ctx_init: str = "",
                  init_mode: str = "coop", n_sets: int = 1, init_sets: str = "first", csc: bool = False,
-                 position: str = "end", std: float = 0.02, dtype: Optional[torch.dtype] = None) -> None:
+                 position: str = "end", std: float = 0.02, dtype: Optional[torch.dtype] = None,
+                 extra_slots: int = 0) -> None:
         super().__init__()
         check_choice("class token position", position, POSITIONS)
-        check_choice("init_mode", init_mode, ("coop", "first"))
+        check_choice("init_mode", init_mode, ("coop", "first", "right"))
+        if extra_slots < 0:
+            raise ConfigError(f"extra context slots must be >= 0, got {extra_slots}")
         check_choice("init_sets", init_sets, ("first", "all"))
         if n_sets < 1:
             raise ConfigError(f"the number of prompt sets must be >= 1, got {n_sets}")
@@ -109,22 +136,38 @@ class TextPrompts(nn.Module):
                 print("Note: CSC is ignored when CTX_INIT is set (the context is generic, as in CoOp)")
                 csc = False
             n_words = len(ctx_init.split(" "))
-            if init_mode == "coop":
-                n_ctx = n_words
-            elif n_ctx > n_words:
-                raise ConfigError(f"N_CTX={n_ctx} exceeds the {n_words} words of CTX_INIT {ctx_init!r}")
             ids = tokenize(ctx_init).to(clip.logit_scale.device)
             with torch.no_grad():
                 emb = clip.embed_tokens(ids)
-            init_vectors = emb[0, 1:1 + n_ctx].to(dtype)
-            prompt_prefix = ctx_init
+            if init_mode == "right":
+                # ProGrad: the init's tokens fill the last slots, the leading ones start at zero (and read "X").
+                # Counted in BPE tokens, so punctuation ("pet,") keeps every word of the init in the context.
+                n_tok = token_length(ctx_init)
+                if n_ctx < n_tok:
+                    raise ConfigError(f"N_CTX={n_ctx} is smaller than the {n_tok} tokens of CTX_INIT {ctx_init!r}; "
+                                      f"set N_CTX >= {n_tok}")
+                init_vectors = torch.zeros(n_ctx, width, dtype=dtype)
+                init_vectors[n_ctx - n_tok:] = emb[0, 1:1 + n_tok].to(dtype)
+                prompt_prefix = " ".join(["X"] * (n_ctx - n_tok) + [ctx_init])
+            else:
+                if init_mode == "coop":
+                    n_ctx = n_words
+                elif n_ctx > n_words:
+                    raise ConfigError(f"N_CTX={n_ctx} exceeds the {n_words} words of CTX_INIT {ctx_init!r}")
+                init_vectors = emb[0, 1:1 + n_ctx].to(dtype)
+                prompt_prefix = ctx_init
         else:
             if n_ctx < 1:
                 raise ConfigError(f"N_CTX must be >= 1 without CTX_INIT, got {n_ctx}")
             prompt_prefix = " ".join(["X"] * n_ctx)
-        if position != "end" and init_mode == "first" and ctx_init and n_ctx < len(ctx_init.split(" ")):
+        fixed_words = init_mode == "first" and ctx_init and n_ctx < len(ctx_init.split(" "))
+        if position != "end" and fixed_words:
             raise ConfigError("class token position middle/front needs the whole CTX_INIT to be learnable")
+        if extra_slots and fixed_words:
+            raise ConfigError("extra context slots follow the learnable context directly; with fixed CTX_INIT words "
+                              "after the context use init_mode 'coop' or a CTX_INIT of N_CTX words")
         self.n_ctx, self.n_sets, self.n_cls, self.csc, self.position = n_ctx, n_sets, n_cls, csc, position
+        self.extra_slots = extra_slots
         self.prompt_prefix = prompt_prefix
         self.classnames = names
 
@@ -145,12 +188,13 @@ class TextPrompts(nn.Module):
         print(f'Initial context: "{prompt_prefix}" ({n_ctx} learnable tokens x {n_sets} set(s)'
               f'{", class-specific" if csc else ""}, class token at the {position})')
 
-        token_ids = tokenize([f"{prompt_prefix} {n}." for n in names]).to(clip.logit_scale.device)
+        slots = " ".join([prompt_prefix] + ["X"] * extra_slots)  # the extra slots read "X" until filled
+        token_ids = tokenize([f"{slots} {n}." for n in names]).to(clip.logit_scale.device)
         with torch.no_grad():
             emb = clip.embed_tokens(token_ids).to(dtype)
         self.register_buffer("token_ids", token_ids, persistent=False)
         self.register_buffer("token_prefix", emb[:, :1], persistent=False)
-        self.register_buffer("token_suffix", emb[:, 1 + n_ctx:], persistent=False)
+        self.register_buffer("token_suffix", emb[:, 1 + n_ctx + extra_slots:], persistent=False)
         self.name_lens: List[int] = [token_length(n) for n in names]
 
     @property
@@ -171,18 +215,51 @@ class TextPrompts(nn.Module):
         return ctx
 
     def build(self, ctx: Optional[Tensor] = None) -> Tensor:
-        """Prompt embeddings ``[N*C, L, D]`` for a context tensor of the layout of ``self.ctx``
-        (default ``self.ctx``; CoCoOp passes ``ctx + pi_b``)."""
-        ctx = self._per_class(self.ctx if ctx is None else ctx).to(self.token_prefix.dtype)
-        n_sets = ctx.shape[0]
-        prefix = self.token_prefix.unsqueeze(0).expand(n_sets, -1, -1, -1)
-        suffix = self.token_suffix.unsqueeze(0).expand(n_sets, -1, -1, -1)
+        """Prompt embeddings ``[N*C, L, D]`` for a context tensor of the layout of ``self.ctx`` (default
+        ``self.ctx``); with ``extra_slots`` the context has ``n_ctx + extra_slots`` tokens."""
+        if ctx is None:
+            if self.extra_slots:
+                raise ValueError(f"these prompts have {self.extra_slots} extra slots: pass a context of "
+                                 f"{self.n_ctx + self.extra_slots} tokens to build()")
+            ctx = self.ctx
+        return self._assemble(self._per_class(ctx))
+
+    def build_per_image(self, ctx: Tensor) -> Tensor:
+        """Prompt embeddings ``[B*C, L, D]``, image-major (row ``b*C + c``), for one generic context per image,
+        ``ctx [B, n_ctx (+ extra_slots), D]`` (CoCoOp's ``ctx + π_b``, CoPL's conditioned context)."""
+        if self.csc or self.n_sets != 1:
+            raise ValueError("per-image contexts need one generic prompt set (no CSC, n_sets 1)")
+        if ctx.dim() != 3:
+            raise ValueError(f"per-image contexts must be [B, n_ctx, D], got {tuple(ctx.shape)}")
+        return self._assemble(ctx.unsqueeze(1).expand(-1, self.n_cls, -1, -1))
+
+    def build_rows(self, start: int, stop: int) -> Tensor:
+        """Embeddings of the set-major prompts ``start .. stop-1`` of :meth:`build` (for ``self.ctx``), built alone."""
+        if self.extra_slots:
+            raise ValueError(f"these prompts have {self.extra_slots} extra slots: build them with a context")
+        ctx = self._per_class(self.ctx)
+        parts = []
+        for k in range(start // self.n_cls, (stop - 1) // self.n_cls + 1):
+            c0, c1 = max(start - k * self.n_cls, 0), min(stop - k * self.n_cls, self.n_cls)
+            parts.append(self._assemble(ctx[k:k + 1, c0:c1], classes=slice(c0, c1)))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _assemble(self, ctx: Tensor, classes: slice = slice(None)) -> Tensor:
+        """``ctx [S, Cs, n, D]`` between the frozen prefix and suffix of ``classes`` -> ``[S*Cs, L, D]`` (row
+        ``s*Cs + c``)."""
+        n_slots = self.n_ctx + self.extra_slots
+        if ctx.shape[2] != n_slots:
+            raise ValueError(f"the context has {ctx.shape[2]} tokens but the prompts have {n_slots} context slots")
+        ctx = ctx.to(self.token_prefix.dtype)
+        n_sets, n_cls = ctx.shape[0], ctx.shape[1]
+        prefix = self.token_prefix[classes].unsqueeze(0).expand(n_sets, -1, -1, -1)
+        suffix = self.token_suffix[classes].unsqueeze(0).expand(n_sets, -1, -1, -1)
         if self.position == "end":
             out = torch.cat([prefix, ctx, suffix], dim=2)
         else:
-            half = self.n_ctx // 2
+            half = n_slots // 2
             rows = []
-            for c, nl in enumerate(self.name_lens):
+            for c, nl in enumerate(self.name_lens[classes]):
                 name, rest = suffix[:, c, :nl], suffix[:, c, nl:]
                 if self.position == "middle":
                     parts = [prefix[:, c], ctx[:, c, :half], name, ctx[:, c, half:], rest]
@@ -190,7 +267,7 @@ class TextPrompts(nn.Module):
                     parts = [prefix[:, c], name, ctx[:, c], rest]
                 rows.append(torch.cat(parts, dim=1))
             out = torch.stack(rows, dim=1)
-        return out.reshape(n_sets * self.n_cls, out.shape[2], out.shape[3])
+        return out.reshape(n_sets * n_cls, out.shape[2], out.shape[3])
 
     def forward(self) -> Tuple[Tensor, Tensor]:
         """``(embeddings [N*C, L, D], token_ids [N*C, L])``."""
@@ -205,7 +282,9 @@ class TextPrompts(nn.Module):
 
     def text_inputs(self) -> TextInputs:
         """The prompt-learner protocol: shallow prompts only."""
-        return TextInputs(self.build(), self.prompt_token_ids(), n_sets=self.n_sets)
+        if self.extra_slots:
+            return TextInputs(self.build(), self.prompt_token_ids(), n_sets=self.n_sets)
+        return TextInputs(None, self.prompt_token_ids(), n_sets=self.n_sets, build_rows=self.build_rows)
 
     def vision_inputs(self) -> None:
         """The prompt-learner protocol: no visual prompts."""
@@ -224,7 +303,7 @@ class TextPrompts(nn.Module):
         mask = torch.zeros(self.n_cls, length, dtype=torch.bool, device=self.token_ids.device)
         mask[:, 1:1 + self.n_ctx] = True
         for c, nl in enumerate(self.name_lens):
-            start = 1 + self.n_ctx + fixed
+            start = 1 + self.n_ctx + self.extra_slots + fixed
             mask[c, start:min(start + nl, length)] = True
         return mask
 
@@ -352,7 +431,8 @@ class MultiModalPrompts(nn.Module):
             return None
         c = self.text.n_cls
         deep = [p.repeat_interleave(c, dim=0) if p.shape[0] > 1 else p for p in self.deep.text]
-        return TextInputs(self.text.build(), self.text.prompt_token_ids(), n_sets=self.text.n_sets, deep=deep)
+        return TextInputs(None, self.text.prompt_token_ids(), n_sets=self.text.n_sets, deep=deep,
+                          build_rows=self.text.build_rows)
 
     def vision_inputs(self) -> Optional[VisionInputs]:
         if not self.deep.has_vision:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional
 
-__all__ = ["TEMPLATE_TABLES", "COOP_TEMPLATES", "IMAGENET_TEMPLATES_SELECT", "IMAGENET_TEMPLATES",
+__all__ = ["TEMPLATE_TABLES", "COOP_TEMPLATES", "KGCOOP_TEMPLATES", "PROGRAD_TEMPLATES", "IMAGENET_TEMPLATES_SELECT",
+           "IMAGENET_TEMPLATES",
            "dataset_template"]
 
 #: CoOp's ``CUSTOM_TEMPLATES`` (zero-shot CLIP, ``trainers/zsclip.py``).
@@ -28,6 +29,25 @@ COOP_TEMPLATES: Dict[str, str] = {
     "ImageNetV2": "a photo of a {}.",
     "ImageNetA": "a photo of a {}.",
     "ImageNetR": "a photo of a {}.",
+}
+
+#: KgCoOp's ``CUSTOM_TEMPLATES`` (htyao89/KgCoOp ``trainers/kgcoop.py``): the hand-crafted prompts of the frozen class
+#: features of the knowledge-guided term. Differs from CoOp's table for DescribableTextures only.
+KGCOOP_TEMPLATES: Dict[str, str] = {
+    **COOP_TEMPLATES,
+    "DescribableTextures": "a photo of a {}, a type of texture.",
+}
+
+#: ProGrad's ``CUSTOM_TEMPLATES`` (BeierZhu/Prompt-align ``ProGrad.public/trainers/prograd.py``): the zero-shot
+#: teacher's prompts, and (minus the trailing " {}.") its context initialisation with ``CTX_INIT``. The category
+#: phrase comes first ("a type of pet, a photo of a {}.") so that the class name ends the prompt.
+PROGRAD_TEMPLATES: Dict[str, str] = {
+    **COOP_TEMPLATES,
+    "OxfordPets": "a type of pet, a photo of a {}.",
+    "OxfordFlowers": "a type of flower, a photo of a {}.",
+    "FGVCAircraft": "a type of aircraft, a photo of a {}.",
+    "DescribableTextures": "a texture of {}.",
+    "Food101": "a type of food, a photo of {}.",
 }
 
 #: The ImageNet templates CoOp's ``ZeroshotCLIP2`` ensembles (a selected subset of CLIP's 80).
@@ -107,7 +127,8 @@ IMAGENET_TEMPLATES: List[str] = [
 ]
 
 #: name -> table, selectable from configs.
-TEMPLATE_TABLES: Dict[str, Mapping[str, str]] = {"coop": COOP_TEMPLATES}
+TEMPLATE_TABLES: Dict[str, Mapping[str, str]] = {"coop": COOP_TEMPLATES, "kgcoop": KGCOOP_TEMPLATES,
+                                                 "prograd": PROGRAD_TEMPLATES}
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 

@@ -200,6 +200,11 @@ class PromptTrainer(TrainerX):
                   f"{asked})")
             return {"requested": asked, "used": "all"}
         short = {names.get(k, str(k)): n for k, n in sorted(counts.items()) if n < asked}
+        if short and getattr(self.cfg.DATASET, "STRICT_SHOTS", False):
+            shown = ", ".join(f"{k} ({n})" for k, n in list(short.items())[:10])
+            raise ConfigError(f"DATASET.STRICT_SHOTS is True and {len(short)} class(es) have fewer training images "
+                              f"than DATASET.NUM_SHOTS {asked}: {shown}. Lower NUM_SHOTS, or set STRICT_SHOTS False to "
+                              "let such classes use all their images (Dassl's rule).")
         if short:
             shown = ", ".join(f"{k} ({n})" for k, n in list(short.items())[:10])
             print(f"WARNING: {len(short)} class(es) have fewer training images than DATASET.NUM_SHOTS {asked} and use "
@@ -248,6 +253,12 @@ class PromptTrainer(TrainerX):
     def register_learners(self, c) -> None:
         """Register the learnable parameter groups (default: ``self.model.prompt_learner`` as ``prompt_learner``)."""
         self.register_learner("prompt_learner", self.model.prompt_learner)
+
+    def hand_template(self, c) -> str:
+        """The hand-crafted template of this run's dataset for a :class:`~promptot.config.HandTemplateConfig`."""
+        from .templates import dataset_template
+
+        return dataset_template(self.cfg.DATASET.NAME, self.dm.dataset, c.TEMPLATES, c.TEMPLATE)
 
     def method_config(self):
         """The typed, validated config of this method (``resolve(cfg, config_class)``)."""

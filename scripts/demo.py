@@ -36,6 +36,9 @@ METHODS = {
     "IVLP": ("IVLP", "configs/trainers/IVLP/miniclip.yaml", False),
     "VPT": ("VPT", "configs/trainers/VPT/miniclip.yaml", False),
     "PromptSRC": ("PromptSRC", "configs/trainers/PromptSRC/miniclip.yaml", False),
+    "KgCoOp": ("KgCoOp", "configs/trainers/KgCoOp/miniclip.yaml", False),
+    "ProGrad": ("ProGrad", "configs/trainers/ProGrad/miniclip.yaml", False),
+    "CoPL": ("CoPL", "configs/trainers/CoPL/miniclip.yaml", False),
 }
 
 

@@ -306,3 +306,22 @@ def test_fp16_runs_in_half(vit, ids):
     assert t.features.dtype == torch.float16 and v.features.dtype == torch.float16
     ref = vit.encode_text_ids(ids)
     assert F.cosine_similarity(m.encode_text_ids(ids).float(), ref).min() > 0.99
+
+
+def test_vision_token_features_of_the_last_block_are_the_patch_tokens(vit, rn):
+    """Tokens taken from a block's output get the transform encode_image gives the last block's (ln_post + proj)."""
+
+    class Tap(BlockHook):
+        def after_block(self, i, x, state):
+            state.aux[i] = x
+            return x
+
+    x = torch.randn(2, 3, 32, 32)
+    out = vit.encode_image(x, return_tokens=True, hooks=Tap())
+    last = out.aux[vit.vision_layers - 1][:, 1:]
+    torch.testing.assert_close(vit.vision_token_features(last), out.patch_tokens, rtol=0, atol=ATOL)
+    v = vit.clip.visual
+    torch.testing.assert_close(vit.vision_token_features(last, project=False), v.ln_post(last), rtol=0, atol=0)
+    assert vit.vision_token_features(out.aux[0][:, 1:], project=False).shape == (2, 16, vit.vision_width)
+    with pytest.raises(ValueError, match="ViT"):
+        rn.vision_token_features(last)

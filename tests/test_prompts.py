@@ -167,3 +167,77 @@ def test_chunked_text_encoding_equals_one_pass(clip, return_tokens):
     (out.features.sum() + (real(out) if return_tokens else 0)).backward()
     for g, p in zip(grads, params):
         torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-4)  # fp32 sums in another order
+
+
+def test_right_aligned_init_is_prograds(clip):
+    """ProGrad's init: N_CTX slots, the init's tokens in the last ones, zeros before; the prompt reads
+    "X X ... <init> <class>." with the context over the X's and the init."""
+    init = "a type of pet, a photo of a"
+    assert token_length(init) == 9  # 8 words: "pet," is two tokens
+    with pytest.raises(ConfigError, match="N_CTX=8 is smaller than the 9 tokens"):
+        TextPrompts(clip, NAMES, n_ctx=8, ctx_init=init, init_mode="right")
+    tp = TextPrompts(clip, NAMES, n_ctx=10, ctx_init=init, init_mode="right")  # counted in tokens: all words kept
+    torch.testing.assert_close(tp.ctx[1:], emb(clip, init)[1:10], rtol=0, atol=0)
+    torch.testing.assert_close(tp.build()[0, 11:], emb(clip, f"X {init} {NAMES[0]}.")[11:], rtol=0, atol=0)
+    tp = TextPrompts(clip, NAMES, n_ctx=12, ctx_init="a photo of a", init_mode="right")
+    assert tp.ctx.shape == (12, clip.text_width)
+    assert torch.equal(tp.ctx[:8], torch.zeros(8, clip.text_width))
+    torch.testing.assert_close(tp.ctx[8:], emb(clip, "a photo of a")[1:5], rtol=0, atol=0)
+    built = tp.build()
+    for c, name in enumerate(NAMES):
+        sentence = emb(clip, " ".join(["X"] * 8) + f" a photo of a {name}.")
+        torch.testing.assert_close(built[c, 1:9], torch.zeros(8, clip.text_width), rtol=0, atol=0)
+        torch.testing.assert_close(built[c, 9:], sentence[9:], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="smaller than the 4 tokens"):
+        TextPrompts(clip, NAMES, n_ctx=3, ctx_init="a photo of a", init_mode="right")
+
+
+def test_extra_slots_are_filled_by_the_caller(clip):
+    """With extra slots the context of build() is n_ctx + extra tokens, followed by the class name."""
+    tp = TextPrompts(clip, NAMES, ctx_init="a photo of a", init_mode="coop", extra_slots=2)
+    with pytest.raises(ValueError, match="extra slots"):
+        tp.build()
+    fill = emb(clip, "big red")[1:3]
+    built = tp.build(torch.cat([tp.ctx, fill]))
+    for c, name in enumerate(NAMES):
+        torch.testing.assert_close(built[c], emb(clip, f"a photo of a big red {name}."), rtol=0, atol=0)
+    assert torch.equal(tp.prompt_token_ids()[0], tokenize(f"a photo of a X X {NAMES[0]}.")[0])
+    with pytest.raises(ConfigError, match="extra context slots"):
+        TextPrompts(clip, NAMES, n_ctx=2, ctx_init="a photo of a", init_mode="first", extra_slots=1)
+
+
+def test_per_image_prompts_equal_one_build_per_image(clip):
+    """build_per_image is image-major and equals build() with each image's context; the batched encoder gives the
+    features of a per-image loop whatever the chunk size."""
+    tp = TextPrompts(clip, NAMES, ctx_init="a photo of a", init_mode="coop")
+    model = PromptModel(clip, tp)
+    ctx = tp.ctx.detach().unsqueeze(0) + 0.1 * torch.randn(5, 1, clip.text_width)
+    built = tp.build_per_image(ctx)
+    assert built.shape[0] == 5 * len(NAMES)
+    loop = []
+    for b in range(5):
+        torch.testing.assert_close(built[b * len(NAMES):(b + 1) * len(NAMES)], tp.build(ctx[b]), rtol=0, atol=0)
+        loop.append(clip.encode_text(tp.build(ctx[b]), tp.prompt_token_ids()).features)
+    loop = torch.stack(loop)
+    for max_prompts in (1, 4, 7, 2048):  # one image per call, one per call (3 < 4 < 6), two, all five
+        out = model.encode_per_image_prompts(tp, ctx, max_prompts=max_prompts)
+        assert out.shape == (5, len(NAMES), clip.embed_dim)
+        torch.testing.assert_close(out, loop, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="generic prompt set"):
+        TextPrompts(clip, NAMES, n_ctx=2, csc=True).build_per_image(ctx[:, :2])
+
+
+def test_cosine_model_keeps_hand_features_beside_the_learned_classifier(clip):
+    """hand_text does not change the logits; hand_logits are zero-shot CLIP's (KgCoOp's guidance, ProGrad's teacher)."""
+    from promptot.model import template_features
+
+    tp = TextPrompts(clip, NAMES, ctx_init="a photo of a", init_mode="coop")
+    hand = template_features(clip, NAMES, ["a {} in a video game."], verbose=False)
+    x = torch.randn(2, 3, 32, 32)
+    with_hand, plain = CosineModel(clip, tp, hand_text=hand), CosineModel(clip, tp)
+    torch.testing.assert_close(with_hand(x), plain(x), rtol=0, atol=0)
+    zero_shot = CosineModel(clip, frozen_text=hand)
+    torch.testing.assert_close(with_hand.hand_logits(with_hand.image_side(x)), zero_shot(x), rtol=1e-5, atol=1e-5)
+    assert "hand_text" not in with_hand.state_dict()
+    with pytest.raises(ValueError, match="hand_text"):
+        plain.hand_logits(plain.image_side(x))

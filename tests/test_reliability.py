@@ -170,6 +170,9 @@ def test_shot_rules_are_stated_and_recorded(toy_root, tiny_vit_path, tmp_path):
     assert "4 class(es) have fewer training images than DATASET.NUM_SHOTS 10" in log and "blue (6)" in log
     rec = json.loads((tmp_path / "ten" / "results.jsonl").read_text().splitlines()[-1])
     assert rec["shots_used"]["short_classes"] == {"blue": 6, "green": 6, "red": 6, "yellow": 6}
+    code, _, err = run_cli(args_for(toy_root, tmp_path / "strict", tiny_vit_path, epochs=1,
+                                    extra=["DATASET.NUM_SHOTS", "10", "DATASET.STRICT_SHOTS", "True"]))
+    assert code == 2 and "STRICT_SHOTS" in err and "blue (6)" in err
 
 
 def test_ctx_init_replacing_n_ctx_is_recorded(toy_root, tiny_vit_path, tmp_path):

@@ -2,7 +2,8 @@
 
 Config ``TRAINER.COCOOP``: ``N_CTX 16``, ``CTX_INIT ""``, ``PREC fp16``. Learned: the context and the
 Meta-Net (Linear vis_dim -> vis_dim/16 -> ReLU -> Linear -> text width). Every image gets its own
-C prompts, so a batch costs B x C text-encoder passes (hence batch size 1 in the paper configs).
+C prompts, so a batch costs B x C text-encoder passes (hence batch size 1 in the paper configs); they are encoded
+together, in bounded chunks (:meth:`~promptot.model.PromptModel.encode_per_image_prompts`).
 
 Composition: :class:`~promptot.prompts.TextPrompts` + :class:`~promptot.prompts.MetaNet` in a dynamic
 :class:`~promptot.model.PromptModel` (the text side depends on the image, so evaluation does not cache it).
@@ -58,13 +59,9 @@ class CoCoOpModel(PromptModel):
     def logits(self, image: Tensor, text: None) -> Tensor:
         pl = self.prompt_learner
         shift = pl.meta_net(image)  # [B, Dt]: one shift for every context token
-        ids = pl.text.prompt_token_ids()
-        out = []
-        for b in range(image.shape[0]):
-            ctx = pl.text.ctx + shift[b].unsqueeze(0).to(pl.text.ctx.dtype)
-            txt = F.normalize(self.clip.encode_text(pl.text.build(ctx), ids).features, dim=-1)
-            out.append(self.scale * image[b] @ txt.t())
-        return torch.stack(out)
+        ctx = pl.text.ctx.unsqueeze(0) + shift.unsqueeze(1).to(pl.text.ctx.dtype)  # [B, n_ctx, Dt]
+        txt = F.normalize(self.encode_per_image_prompts(pl.text, ctx), dim=-1)  # [B, C, E], B*C prompts batched
+        return self.scale * torch.einsum("be,bce->bc", image, txt.to(image.dtype))
 
 
 @TRAINER_REGISTRY.register()

@@ -491,6 +491,16 @@ class PromptedCLIP(nn.Module):
         return VisionOutput(features=x[:, 0], patch_tokens=x[:, 1:n_img],
                             prompt_tokens=x[:, n_img:] if n_prompt else None, aux=state.aux)
 
+    def vision_token_features(self, tokens: Tensor, project: bool = True) -> Tensor:
+        """ViT tokens ``[B, n, Dv]`` taken from any block's output (e.g. by a hook) -> ``ln_post`` and, with
+        ``project``, ``proj``: ``[B, n, E]`` (``[B, n, Dv]`` without), the transform :meth:`encode_image` applies to
+        the last block's patch tokens."""
+        if not self.is_vit:
+            raise ValueError("vision_token_features needs a ViT backbone (a ModifiedResNet has no token blocks)")
+        v = self.clip.visual
+        x = v.ln_post(tokens.to(self.dtype))
+        return _project(x, v.proj) if project else x
+
     def _encode_image_rn(self, images: Tensor, return_tokens: bool) -> VisionOutput:
         v = self.clip.visual
         x = v.stem(images.to(self.dtype))
