@@ -23,6 +23,7 @@ ARGS = {
     "base2new.sh": ["CoCoOp", "vit_b16_c4_ep10_batch1_ctxv1", "dtd", "10"],
     "maple/base2new_train_maple.sh": ["dtd", "1"], "maple/base2new_test_maple.sh": ["dtd", "1"],
     "maple/xd_train_maple.sh": ["imagenet", "1"], "maple/xd_test_maple.sh": ["dtd", "1"],
+    "copl/xd_caltech101.sh": [],
 }
 SCRIPTS = sorted(str(p.relative_to(ROOT / "scripts")) for p in (ROOT / "scripts").rglob("*.sh")
                  if p.name not in ("install.sh", "_sweep.sh", "finished.sh"))

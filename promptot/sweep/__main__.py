@@ -184,9 +184,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"need failed: {', '.join(result.failed + result.blocked)}. Fix the cause (see the logs in "
                   f"{os.path.join(state_dir, 'logs')}) and run the same command again.")
         if args.report:
+            from ..report.build import ALL
             from ..report.__main__ import main as report_main
 
-            report_main([out_root] + [a for p in args.protocols for a in ("--protocol", p)])
+            pf = load_protocols(args.protocol_file)
+            sections = {p if p in ALL else ("xd" if pf.protocols[p].kind == "transfer" else pf.protocols[p].kind)
+                        for p in args.protocols}
+            report_main([out_root] + [a for p in sorted(sections) for a in ("--protocol", p)])
         return 0 if result.ok else 1
     except UserError as e:
         print(format_user_error(e), file=sys.stderr)
