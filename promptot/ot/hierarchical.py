@@ -27,13 +27,33 @@ paper mode with ``grad != "autodiff"`` T_tok is a constant but d_tok enters the 
 contraction <T_tok, 1 − S_tok> needs a graph; the Sinkhorn loop itself still runs under no-grad, and each class chunk
 is wrapped in activation checkpointing so that the saved state stays bounded by the chunk in training too.
 
-Class chunks: classes are sorted by their text-token length (last real position) and processed ``class_chunk`` at a
-time, each chunk padded only to its own maximum; the result is put back in the caller's class order. The only
-C-proportional tensors are ``[B, C, M, N]`` and ``[C, N, D]``, so peak memory is set by the chunk.
+Tiles: classes are sorted by their text-token length (last real position) and the token level runs tile by tile,
+a tile being ``Bt`` images × ``Ct`` consecutive (sorted) classes padded only to the tile's own longest class; the
+result is put back in the caller's class order. A tile holds whole (image, class) groups — all M views and N
+prompts — because the reference stopping rule pools its decision over them; the prompt level pools over the whole
+batch and is not tiled. Two tilings (``OTHeadConfig.tile``):
+
+- ``"cache"`` (default on CPU): tiles sized so that the similarity tile and its two companions (kernel, one
+  temporary) fit a cache budget (:func:`cache_budget_bytes`: the L2 size per core times the threads in use), with at
+  least ``_MIN_GEMM_COLS`` text tokens per GEMM so the similarity GEMM keeps its speed. All Sinkhorn iterations of a
+  tile run before the next tile starts, so every pass after the GEMM reads cache, not memory. Without a graph and in
+  the kernel domain a tile is solved by :func:`~promptot.ot.sinkhorn.similarity_sinkhorn` (kernel straight from the
+  similarities, no cost/plan tensors, reused buffers).
+  Why: the similarity GEMM is the floor of this computation, and a batched head that streams a
+  ``[B, C, M, N, P, L]`` tensor through memory a dozen times ends up slower than a per-pair loop whose working set
+  stays in cache.
+- ``"batched"`` (default on other devices): ``class_chunk`` classes × all images per tile through :func:`sinkhorn`,
+  sized for device memory, where one large launch per step matters more than cache reuse.
+
+Either way the only C-proportional tensors are ``[B, C, M, N]`` and ``[C, N]``-sized ones, so peak memory is set by
+the tile.
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
@@ -41,9 +61,51 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .sinkhorn import plan_entropy, sinkhorn
+from .sinkhorn import plan_entropy, similarity_sinkhorn, sinkhorn
 
-__all__ = ["OTHeadConfig", "HierarchicalOTHead"]
+__all__ = ["OTHeadConfig", "HierarchicalOTHead", "cache_budget_bytes"]
+
+TILINGS = ("auto", "cache", "batched")
+# L2 size assumed when the OS does not report one: 1 MiB, within the 0.5-2 MiB per core of current x86/ARM server cores.
+DEFAULT_L2_BYTES = 1 << 20
+# A cache tile holds at least this many text tokens (GEMM columns): narrower GEMMs lose speed (one image gives
+# M·P ≈ 800 rows; measured on a 2-core EPYC, sgemm 792 × k × 512 runs at about half speed for k = 32).
+_MIN_GEMM_COLS = 128
+# Full-size tensors alive at once in a cache tile: similarities/ε, kernel, one temporary.
+_TILE_BUFFERS = 3
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * mult
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_bytes() -> int:
+    """Per-core L2 size in bytes: sysconf (glibc), then sysfs (Linux), else :data:`DEFAULT_L2_BYTES`."""
+    try:
+        v = int(os.sysconf("SC_LEVEL2_CACHE_SIZE"))
+        if v > 0:
+            return v
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+            if (d / "level").read_text().strip() == "2" and (d / "type").read_text().strip() in ("Unified", "Data"):
+                return _parse_size((d / "size").read_text())
+    except (OSError, ValueError):
+        pass
+    return DEFAULT_L2_BYTES
+
+
+def cache_budget_bytes() -> int:
+    """Bytes a CPU token tile may occupy: the per-core L2 size times ``torch.get_num_threads()``.
+
+    Every full-size operation of a tile is split across the intra-op threads, each working on its share in its own
+    core's L2, so the tile may be as large as the L2 of all cores in use. ``OTHeadConfig.cache_bytes`` overrides it.
+    """
+    return _l2_bytes() * max(1, torch.get_num_threads())
 
 
 @dataclass
@@ -60,21 +122,36 @@ class OTHeadConfig:
     tol: Optional[float] = None
     domain: str = "kernel"
     grad: str = "detach"  # gradient mode of the plans (paper compat only)
-    class_chunk: int = 100  # classes per chunk: bounds peak memory whatever C is
+    class_chunk: int = 100  # classes per tile at most: bounds peak memory whatever C is
+    # Token-level tiling (module docstring): "auto" = "cache" on CPU, "batched" elsewhere. The sizes below override
+    # the automatic choice (tests use them to check that results do not depend on the tiling).
+    tile: str = "auto"
+    tile_images: Optional[int] = None  # images per cache tile
+    tile_classes: Optional[int] = None  # classes per cache tile (capped by class_chunk)
+    cache_bytes: Optional[int] = None  # cache budget per tile; default cache_budget_bytes()
 
     def __post_init__(self) -> None:
         if self.compat not in ("paper", "reference"):
             raise ValueError(f"OTHeadConfig.compat must be 'paper' or 'reference', got {self.compat!r}")
         if self.class_chunk < 1:
             raise ValueError(f"OTHeadConfig.class_chunk must be >= 1, got {self.class_chunk}")
+        if self.tile not in TILINGS:
+            raise ValueError(f"OTHeadConfig.tile must be one of {TILINGS}, got {self.tile!r}")
+        for name in ("tile_images", "tile_classes", "cache_bytes"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"OTHeadConfig.{name} must be >= 1 or None, got {v}")
 
 
 def _finite_or_raise(x: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise FloatingPointError(
-            f"HierarchicalOTHead: non-finite values in {name} of shape {tuple(x.shape)} "
-            f"({int((~torch.isfinite(x)).sum())} entries)"
-        )
+    # One reduction in the common case; the exact elementwise test only when the sum is not finite.
+    # (A sum can also overflow for huge finite entries, e.g. in fp16; the exact test then decides.)
+    if bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all()):
+        return
+    raise FloatingPointError(
+        f"HierarchicalOTHead: non-finite values in {name} of shape {tuple(x.shape)} "
+        f"({int((~torch.isfinite(x)).sum())} entries)"
+    )
 
 
 class HierarchicalOTHead(nn.Module):
@@ -123,6 +200,45 @@ class HierarchicalOTHead(nn.Module):
         errs.append(res.marginal_err.detach().amax().reshape(1).float())
         return d_tok, sigma
 
+    def _tiles(self, last_sorted: List[int], B: int, M: int, P: int, N: int, itemsize: int, mode: str
+               ) -> Tuple[int, List[Tuple[int, int]]]:
+        """Images per tile and the class tiles ``[(start, end), ...]`` over the length-sorted classes.
+
+        ``"batched"``: all images × ``class_chunk`` classes. ``"cache"``: a tile of ``bt`` images and classes
+        ``[s, e)`` padded to ``L = max length in [s, e)`` holds ``bt·M·P × (e − s)·N·L`` similarities; classes are
+        added greedily (ascending length, so padding stays small) while ``_TILE_BUFFERS`` such tensors fit the cache
+        budget, but never fewer than ``_MIN_GEMM_COLS / (N·L)`` classes (GEMM speed) and never more than
+        ``class_chunk``. One image per tile unless all classes fit in one tile, then as many images as fit.
+        """
+        cfg = self.cfg
+        C = len(last_sorted)
+        lens = [max(1, int(x)) for x in last_sorted]
+        if mode == "batched":
+            return B, [(s, min(C, s + cfg.class_chunk)) for s in range(0, C, cfg.class_chunk)]
+        budget = cfg.cache_bytes if cfg.cache_bytes is not None else cache_budget_bytes()
+        max_entries = max(1, budget // (_TILE_BUFFERS * itemsize))
+        bt = cfg.tile_images if cfg.tile_images is not None else 1
+        bt = min(bt, B)
+        rows = bt * M * P
+        tiles: List[Tuple[int, int]] = []
+        s = 0
+        while s < C:
+            if cfg.tile_classes is not None:
+                e = min(C, s + min(cfg.tile_classes, cfg.class_chunk))
+            else:
+                e = s + 1
+                while e < C and e - s < cfg.class_chunk:
+                    cols = (e + 1 - s) * N * lens[e]
+                    if rows * cols > max_entries and (e - s) * N * lens[e - 1] >= _MIN_GEMM_COLS:
+                        break
+                    e += 1
+            tiles.append((s, e))
+            s = e
+        if cfg.tile_images is None and len(tiles) == 1:
+            per_image = M * P * C * N * max(lens)
+            bt = max(1, min(B, max_entries // per_image))
+        return bt, tiles
+
     def _token_level(self, img_tokens: Tensor, img_mask: Optional[Tensor], txt_tokens: Tensor,
                      txt_mask: Optional[Tensor], dtype: torch.dtype, need_graph: bool, iters: List[Tensor],
                      errs: List[Tensor]) -> Tensor:
@@ -134,15 +250,19 @@ class HierarchicalOTHead(nn.Module):
             raise ValueError(f"HierarchicalOTHead: token widths differ: img {tuple(img_tokens.shape)} vs txt "
                              f"{tuple(txt_tokens.shape)}")
         dev = img_tokens.device
-        img_mask = (torch.ones(B, M, P, dtype=torch.bool, device=dev) if img_mask is None
-                    else img_mask.to(dev, torch.bool).expand(B, M, P))
+        zero = torch.zeros((), dtype=dtype, device=dev)
+        imgt = img_tokens.to(dtype)
+        if img_mask is None:
+            img_mask = torch.ones(B, M, P, dtype=torch.bool, device=dev)
+        else:
+            img_mask = img_mask.to(dev, torch.bool).expand(B, M, P)
+            imgt = torch.where(img_mask[..., None], imgt, zero)  # padding may hold NaN: zero it before normalising
+        imgt = F.normalize(imgt, dim=-1).contiguous()
+        _finite_or_raise(imgt, "img_tokens")
         txt_mask = (torch.ones(C, N, L, dtype=torch.bool, device=dev) if txt_mask is None
                     else txt_mask.to(dev, torch.bool).expand(C, N, L))
-        imgt = img_tokens.to(dtype)
-        imgt = F.normalize(torch.where(img_mask[..., None], imgt, torch.zeros((), dtype=dtype, device=dev)), dim=-1)
-        _finite_or_raise(torch.where(img_mask[..., None], imgt, torch.zeros((), dtype=dtype, device=dev)), "img_tokens")
 
-        # Sort classes by last real token position so each chunk pads only to its own max (the mask need not be
+        # Sort classes by last real token position so each tile pads only to its own max (the mask need not be
         # left-aligned: trimming after the last real position is exact). One host read per forward.
         pos = torch.arange(1, L + 1, device=dev)
         last = (txt_mask * pos).amax(dim=(-1, -2))  # [C]
@@ -150,30 +270,63 @@ class HierarchicalOTHead(nn.Module):
         last_sorted = last[order].tolist()
         grad_mode = "detach" if cfg.compat == "reference" else cfg.grad
         reference = cfg.compat == "reference"
-
-        chunks: List[Tensor] = []
-        for s in range(0, C, cfg.class_chunk):
-            idx = order[s:s + cfg.class_chunk]
-            Lc = max(1, int(max(last_sorted[s:s + cfg.class_chunk])))
+        mode = cfg.tile if cfg.tile != "auto" else ("cache" if dev.type == "cpu" else "batched")
+        bt, class_tiles = self._tiles(last_sorted, B, M, P, N, torch.finfo(dtype).bits // 8, mode)
+        # The fused tile solver covers the no-graph kernel-domain case, for problems with at least one real token on
+        # each side (an empty problem has an all-zero plan: left to sinkhorn's masking).
+        fused = mode == "cache" and not need_graph and cfg.domain == "kernel"
+        if fused:
+            views_ok = img_mask.any(-1).all(-1).tolist()  # [B]: every view of the image has a real token
+            stop = "reference" if reference else cfg.stop
+            inv_eps = 1.0 / cfg.eps_token
+            n_max = max(min(B, b0 + bt) - b0 for b0 in range(0, B, bt)) * M * P * N * max(
+                (e - s_) * max(1, int(max(last_sorted[s_:e]))) for s_, e in class_tiles)
+            work = torch.empty(_TILE_BUFFERS, n_max, dtype=dtype, device=dev)  # reused by every tile
+        term = torch.empty(B, C, M, N, dtype=dtype, device=dev) if not need_graph else None
+        cols: List[Tensor] = []
+        for s, e in class_tiles:
+            idx = order[s:e]
+            Lc = max(1, int(max(last_sorted[s:e])))
             tm = txt_mask[idx, :, :Lc]
             tt = txt_tokens[idx, :, :Lc].to(dtype)
-            tt = torch.where(tm[..., None], tt, torch.zeros((), dtype=dtype, device=dev))
-            _finite_or_raise(tt, f"txt_tokens (classes {s}..{s + len(idx) - 1} after length sort)")
+            tt = torch.where(tm[..., None], tt, zero)
+            _finite_or_raise(tt, f"txt_tokens (classes {s}..{e - 1} after length sort)")
             tt = F.normalize(tt, dim=-1)
+            if fused:
+                prompts_ok = bool(tm.any(-1).all())
+                y = (tt * inv_eps).reshape(-1, D)  # 1/ε folded into the GEMM: Z = S/ε with no extra pass
+            rows: List[Tensor] = []
+            for b0 in range(0, B, bt):
+                b1 = min(B, b0 + bt)
+                if fused and prompts_ok and all(views_ok[b0:b1]):
+                    x = imgt[b0:b1].reshape(-1, D)
+                    Z = torch.mm(y, x.t(), out=work[0, :y.shape[0] * x.shape[0]].view(y.shape[0], x.shape[0]))
+                    res = similarity_sinkhorn(Z.view(e - s, N, Lc, b1 - b0, M, P), cfg.eps_token, img_mask[b0:b1],
+                                              tm, stop=stop, max_iter=cfg.max_iter, tol=cfg.tol,
+                                              work=(work[1], work[2]))
+                    iters.append(res.n_iter.reshape(-1).float())
+                    errs.append(res.marginal_err.amax().reshape(1).float())
+                    out = res.sigma if reference else res.mass - res.sigma
+                else:
+                    def run(imgt_: Tensor, tt_: Tensor, tm_: Tensor = tm, mask_: Tensor = img_mask[b0:b1]) -> Tensor:
+                        d_tok, sigma = self._token_chunk(imgt_, mask_, tt_, tm_, grad_mode, iters, errs)
+                        return sigma if reference else d_tok
 
-            def run(imgt_: Tensor, tt_: Tensor, tm_: Tensor = tm) -> Tensor:
-                d_tok, sigma = self._token_chunk(imgt_, img_mask, tt_, tm_, grad_mode, iters, errs)
-                return sigma if reference else d_tok
-
-            if need_graph and grad_mode != "autodiff":
-                # Recompute the chunk in backward instead of keeping its [B, Cc, M, N, P, L] state alive until then.
-                # Deterministic (same inputs, same iterations), so the recomputed plan is identical.
-                # (The recomputation appends its iteration counts to a list this forward has already consumed.)
-                out = checkpoint(run, imgt, tt, use_reentrant=False)
-            else:
-                out = run(imgt, tt)
-            chunks.append(out)
-        term_sorted = torch.cat(chunks, dim=1)  # [B, C, M, N] in sorted class order
+                    if need_graph and grad_mode != "autodiff":
+                        # Recompute the tile in backward instead of keeping its [Bt, Ct, M, N, P, L] state alive
+                        # until then. Deterministic (same inputs, same iterations), so the recomputed plan is
+                        # identical. (The recomputation appends its iteration counts to a list this forward has
+                        # already consumed.)
+                        out = checkpoint(run, imgt[b0:b1], tt, use_reentrant=False)
+                    else:
+                        out = run(imgt[b0:b1], tt)
+                if term is not None:
+                    term[b0:b1, s:e] = out
+                else:
+                    rows.append(out)
+            if term is None:
+                cols.append(torch.cat(rows, dim=0))
+        term_sorted = term if term is not None else torch.cat(cols, dim=1)  # [B, C, M, N] in sorted class order
         inv = torch.empty_like(order)
         inv[order] = torch.arange(C, device=dev)
         return term_sorted[:, inv]
@@ -218,8 +371,10 @@ class HierarchicalOTHead(nn.Module):
         B, M, _ = img_global.shape
         C, N, _ = txt_global.shape
         z = F.normalize(img_global.to(dtype), dim=-1)
-        h = F.normalize(txt_global.to(dtype), dim=-1)
-        S = torch.einsum("bmd,cnd->bcmn", z, h)  # [B, C, M, N]
+        h = txt_global.to(dtype)
+        # s(z, h) = <z, h> / |h| (F.normalize's clamp at 1e-12): dividing the [B, C, M, N] result by the [C, N] norms
+        # instead of normalising h keeps [C, N, D] copies out of peak memory (C = 1000: 8 MB).
+        S = torch.einsum("bmd,cnd->bcmn", z, h) / torch.linalg.vector_norm(h, dim=-1).clamp_min(1e-12)[:, None, :]
         reference = cfg.compat == "reference"
         tok_iters: List[Tensor] = []
         tok_errs: List[Tensor] = []
