@@ -293,6 +293,7 @@ def test_cache_tiles_follow_the_budget() -> None:
     assert bt == B and [e - s for s, e in tiles] == [16, 16, 16, 2]
     assert hier.cache_budget_bytes() >= 1 << 10
     assert hier._parse_size("512K\n") == 512 << 10 and hier._parse_size("32M") == 32 << 20
+    assert hier._cpu_count("0-3,8-11\n") == 8 and hier._cpu_count("5") == 1
     with pytest.raises(ValueError, match="tile"):
         OTHeadConfig(tile="tiles")
     with pytest.raises(ValueError, match="tile_classes"):

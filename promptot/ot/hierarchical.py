@@ -24,8 +24,8 @@ Prompt level, S = s(z_m, h_{c,n}) ∈ R^{M×N}, marginals 1/M, 1/N:
 Why the token level often runs without autograd: in reference mode σ_tok only enters the cost of a *detached* plan,
 so it carries no gradient at all (D3) — the whole token branch runs under ``no_grad`` and stores no activations. In
 paper mode with ``grad != "autodiff"`` T_tok is a constant but d_tok enters the logit directly (−β<T, d_tok>), so the
-contraction <T_tok, 1 − S_tok> needs a graph; the Sinkhorn loop itself still runs under no-grad, and each class chunk
-is wrapped in activation checkpointing so that the saved state stays bounded by the chunk in training too.
+contraction <T_tok, 1 − S_tok> needs a graph; the Sinkhorn loop itself still runs under no-grad, and each tile is
+wrapped in activation checkpointing so that the saved state stays bounded by the tile in training too.
 
 Tiles: classes are sorted by their text-token length (last real position) and the token level runs tile by tile,
 a tile being ``Bt`` images × ``Ct`` consecutive (sorted) classes padded only to the tile's own longest class; the
@@ -33,15 +33,15 @@ result is put back in the caller's class order. A tile holds whole (image, class
 prompts — because the reference stopping rule pools its decision over them; the prompt level pools over the whole
 batch and is not tiled. Two tilings (``OTHeadConfig.tile``):
 
-- ``"cache"`` (default on CPU): tiles sized so that the similarity tile and its two companions (kernel, one
-  temporary) fit a cache budget (:func:`cache_budget_bytes`: the L2 size per core times the threads in use), with at
-  least ``_MIN_GEMM_COLS`` text tokens per GEMM so the similarity GEMM keeps its speed. All Sinkhorn iterations of a
-  tile run before the next tile starts, so every pass after the GEMM reads cache, not memory. Without a graph and in
-  the kernel domain a tile is solved by :func:`~promptot.ot.sinkhorn.similarity_sinkhorn` (kernel straight from the
-  similarities, no cost/plan tensors, reused buffers).
-  Why: the similarity GEMM is the floor of this computation, and a batched head that streams a
-  ``[B, C, M, N, P, L]`` tensor through memory a dozen times ends up slower than a per-pair loop whose working set
-  stays in cache.
+- ``"cache"`` (default on CPU): tiles sized so that the similarity tile and its two companions (the same regrouped
+  per problem, the kernel) fit a cache budget (:func:`cache_budget_bytes`: L2 plus a share of L3 per core, times the
+  threads in use), with at least ``_MIN_GEMM_COLS`` text tokens per GEMM so the similarity GEMM keeps its speed. All
+  Sinkhorn iterations of a tile run before the next tile starts, so every pass after the GEMM reads cache, not
+  memory. Without a graph and in the kernel domain a tile is solved by
+  :func:`~promptot.ot.sinkhorn.similarity_sinkhorn` (kernel straight from the similarities, no cost or plan tensors,
+  matvecs without temporaries, buffers reused by every tile). Why: the similarity GEMM is the floor of this
+  computation, and a batched head that streams a ``[B, C, M, N, P, L]`` tensor through memory a dozen times ends up
+  slower than a per-pair loop whose working set stays in cache.
 - ``"batched"`` (default on other devices): ``class_chunk`` classes × all images per tile through :func:`sinkhorn`,
   sized for device memory, where one large launch per step matters more than cache reuse.
 
@@ -51,27 +51,31 @@ the tile.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .sinkhorn import plan_entropy, similarity_sinkhorn, sinkhorn
+from .sinkhorn import RowSide, col_side, plan_entropy, row_side, similarity_sinkhorn, sinkhorn
 
 __all__ = ["OTHeadConfig", "HierarchicalOTHead", "cache_budget_bytes"]
 
 TILINGS = ("auto", "cache", "batched")
-# L2 size assumed when the OS does not report one: 1 MiB, within the 0.5-2 MiB per core of current x86/ARM server cores.
+# Cache sizes assumed when the OS does not report them: a 1 MiB L2 per core and a 2 MiB share of the last-level cache
+# per core (current x86/ARM server and desktop cores have 0.5-2 MiB of L2 and 1.5-4 MiB of L3 per core).
 DEFAULT_L2_BYTES = 1 << 20
+DEFAULT_L3_SHARE_BYTES = 2 << 20
+# The L3 share of a core is L3 / (cores sharing it), counting at least this many: server L3s are shared by 8 or more
+# cores (an AMD CCX has 8), and in a virtual machine the OS lists only the machine's own vCPUs as sharing it.
+_L3_MIN_SHARING = 8
 # A cache tile holds at least this many text tokens (GEMM columns): narrower GEMMs lose speed (one image gives
 # M·P ≈ 800 rows; measured on a 2-core EPYC, sgemm 792 × k × 512 runs at about half speed for k = 32).
 _MIN_GEMM_COLS = 128
-# Full-size tensors alive at once in a cache tile: similarities/ε, kernel, one temporary.
+# Full-size tensors of a cache tile: similarities/ε (the GEMM output), the same regrouped per problem, the kernel.
 _TILE_BUFFERS = 3
 
 
@@ -81,31 +85,47 @@ def _parse_size(text: str) -> int:
     return int(text.rstrip("KMG")) * mult
 
 
+def _cpu_count(cpu_list: str) -> int:
+    """Number of CPUs in a sysfs list such as ``0-3,8-11``."""
+    n = 0
+    for part in cpu_list.strip().split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
 @functools.lru_cache(maxsize=None)
-def _l2_bytes() -> int:
-    """Per-core L2 size in bytes: sysconf (glibc), then sysfs (Linux), else :data:`DEFAULT_L2_BYTES`."""
-    try:
-        v = int(os.sysconf("SC_LEVEL2_CACHE_SIZE"))
-        if v > 0:
-            return v
-    except (ValueError, OSError, AttributeError):
-        pass
+def _cache_sizes() -> Tuple[int, int]:
+    """(L2 bytes per core, L3 bytes per core) from sysfs (Linux), else the defaults above."""
+    l2, l3_share = DEFAULT_L2_BYTES, DEFAULT_L3_SHARE_BYTES
     try:
         for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-            if (d / "level").read_text().strip() == "2" and (d / "type").read_text().strip() in ("Unified", "Data"):
-                return _parse_size((d / "size").read_text())
+            level = (d / "level").read_text().strip()
+            if (d / "type").read_text().strip() not in ("Unified", "Data"):
+                continue
+            size = _parse_size((d / "size").read_text())
+            if level == "2":
+                l2 = size
+            elif level == "3":
+                sharing = _cpu_count((d / "shared_cpu_list").read_text())
+                l3_share = size // max(_L3_MIN_SHARING, sharing)
     except (OSError, ValueError):
         pass
-    return DEFAULT_L2_BYTES
+    return l2, l3_share
 
 
 def cache_budget_bytes() -> int:
-    """Bytes a CPU token tile may occupy: the per-core L2 size times ``torch.get_num_threads()``.
+    """Bytes a CPU token tile may occupy: ``threads × (L2 + L3 share)`` per core, from the OS (sysfs) when it says.
 
-    Every full-size operation of a tile is split across the intra-op threads, each working on its share in its own
-    core's L2, so the tile may be as large as the L2 of all cores in use. ``OTHeadConfig.cache_bytes`` overrides it.
+    Every full-size operation of a tile is split across the ``torch.get_num_threads()`` intra-op threads, each
+    working on its share in its own core's caches. The L3 share counts because a tile's passes run from L3 at close
+    to L2 speed (only spilling to memory is slow), while a tile sized to L2 alone pays the fixed cost of its ~100
+    small operations too often: on a 2-core EPYC VM (L2 512 KiB, L3 32 MiB) the head was about 1.5x its GEMM with
+    1 MiB tiles, 1.2x with 4-16 MiB tiles, and 1.5x again with 32 MiB ones. ``OTHeadConfig.cache_bytes`` overrides
+    it; the defaults used when the OS says nothing are :data:`DEFAULT_L2_BYTES` and :data:`DEFAULT_L3_SHARE_BYTES`.
     """
-    return _l2_bytes() * max(1, torch.get_num_threads())
+    l2, l3_share = _cache_sizes()
+    return max(1, torch.get_num_threads()) * (l2 + l3_share)
 
 
 @dataclass
@@ -152,6 +172,17 @@ def _finite_or_raise(x: Tensor, name: str) -> None:
         f"HierarchicalOTHead: non-finite values in {name} of shape {tuple(x.shape)} "
         f"({int((~torch.isfinite(x)).sum())} entries)"
     )
+
+
+class _Fused(NamedTuple):
+    """What the fused tile solver needs besides the tile: stopping rule, the image side of every image block (computed
+    once per forward), the scratch buffers (similarities/ε, kernel, temporary) shared by all tiles, and the output
+    ``[B, C, M, N]`` (length-sorted classes) the tiles write into."""
+
+    stop: str
+    rows: List[RowSide]
+    work: Tensor
+    term: Tensor
 
 
 class HierarchicalOTHead(nn.Module):
@@ -239,6 +270,77 @@ class HierarchicalOTHead(nn.Module):
             bt = max(1, min(B, max_entries // per_image))
         return bt, tiles
 
+    @staticmethod
+    def _text_tile(txt_tokens: Tensor, txt_mask: Tensor, idx: Tensor, Lc: int, dtype: torch.dtype, factor: float,
+                   what: str) -> Tuple[Tensor, Tensor]:
+        """Text tokens of the classes ``idx`` cut at ``Lc``: ``factor ·`` unit vectors (F.normalize's clamp at 1e-12),
+        exact zeros on padding, ``[Ct, N, Lc, D]``, and their mask ``[Ct, N, Lc]``.
+
+        Three passes over the gathered tokens (gather, norms, one scaling by ``mask · factor / |t|``); padding is only
+        replaced by zeros (a fourth pass) when something in the tile is not finite, and then the real tokens are
+        checked."""
+        tm = txt_mask[idx, :, :Lc]
+        t = txt_tokens[idx, :, :Lc].to(dtype)
+        nrm = torch.linalg.vector_norm(t, dim=-1)
+        if not bool(torch.isfinite(nrm.sum())):  # non-finite entries (perhaps only in padding): zero the padding
+            t = torch.where(tm[..., None], t, torch.zeros((), dtype=dtype, device=t.device))
+            _finite_or_raise(t, what)
+            nrm = torch.linalg.vector_norm(t, dim=-1)
+        f = torch.where(tm, factor / nrm.clamp_min(1e-12), torch.zeros((), dtype=dtype, device=t.device))
+        # (t is a fresh gather: scaled in place unless autograd needs it for the norm's backward)
+        return (t * f.unsqueeze(-1) if t.requires_grad else t.mul_(f.unsqueeze(-1))), tm
+
+    def _class_tile(self, s: int, e: int, Lc: int, imgt: Tensor, img_mask: Tensor, txt_tokens: Tensor,
+                    txt_mask: Tensor, idx: Tensor, bt: int, need_graph: bool, grad_mode: str,
+                    fused: Optional["_Fused"], iters: List[Tensor], errs: List[Tensor]) -> Optional[Tensor]:
+        """Sorted classes ``[s, e)`` (the caller's ``idx``) padded to ``Lc`` × all image blocks of ``bt`` images: the
+        token term ``[B, e − s, M, N]``, written into ``fused.term`` when there is no graph (returns None)."""
+        cfg = self.cfg
+        reference = cfg.compat == "reference"
+        B, M, P, D = imgt.shape
+        N = txt_tokens.shape[1]
+        what = f"txt_tokens (classes {s}..{e - 1} after length sort)"
+        if fused is not None:
+            # 1/ε folded into the text tokens: the GEMM gives Z = S/ε with no extra pass.
+            y, tm = self._text_tile(txt_tokens, txt_mask, idx, Lc, imgt.dtype, 1.0 / cfg.eps_token, what)
+            side = col_side(tm, imgt.dtype)
+            y = y.view(-1, D)
+        else:
+            tt, tm = self._text_tile(txt_tokens, txt_mask, idx, Lc, imgt.dtype, 1.0, what)
+        rows: List[Tensor] = []
+        for bi, b0 in enumerate(range(0, B, bt)):
+            b1 = min(B, b0 + bt)
+            if fused is not None and side.ok and fused.rows[bi].ok:
+                x = imgt[b0:b1].view(-1, D)
+                w = fused.work
+                Z = torch.mm(y, x.t(), out=w[0, :y.shape[0] * x.shape[0]].view(y.shape[0], x.shape[0]))
+                res = similarity_sinkhorn(Z.view(e - s, N, Lc, b1 - b0, M, P), cfg.eps_token, fused.rows[bi], side,
+                                          stop=fused.stop, max_iter=cfg.max_iter, tol=cfg.tol, work=(w[1], w[2]),
+                                          check_finite=False)
+                iters.append(res.n_iter.reshape(-1))
+                errs.append(res.marginal_err.amax().reshape(1))
+                fused.term[b0:b1, s:e] = res.sigma if reference else res.mass - res.sigma
+                continue
+            if fused is not None:  # an empty token set in this tile: sinkhorn's masking (all-zero plans)
+                tt, _ = self._text_tile(txt_tokens, txt_mask, idx, Lc, imgt.dtype, 1.0, what)
+
+            def run(imgt_: Tensor, tt_: Tensor, tm_: Tensor = tm, mask_: Tensor = img_mask[b0:b1]) -> Tensor:
+                d_tok, sigma = self._token_chunk(imgt_, mask_, tt_, tm_, grad_mode, iters, errs)
+                return sigma if reference else d_tok
+
+            if need_graph and grad_mode != "autodiff":
+                # Recompute the tile in backward instead of keeping its [Bt, Ct, M, N, P, L] state alive until
+                # then. Deterministic (same inputs, same iterations), so the recomputed plan is identical. (The
+                # recomputation appends its iteration counts to a list this forward has already consumed.)
+                out = checkpoint(run, imgt[b0:b1], tt, use_reentrant=False)
+            else:
+                out = run(imgt[b0:b1], tt)
+            if fused is not None:
+                fused.term[b0:b1, s:e] = out
+            else:
+                rows.append(out)
+        return None if fused is not None else torch.cat(rows, dim=0)
+
     def _token_level(self, img_tokens: Tensor, img_mask: Optional[Tensor], txt_tokens: Tensor,
                      txt_mask: Optional[Tensor], dtype: torch.dtype, need_graph: bool, iters: List[Tensor],
                      errs: List[Tensor]) -> Tensor:
@@ -274,62 +376,31 @@ class HierarchicalOTHead(nn.Module):
         bt, class_tiles = self._tiles(last_sorted, B, M, P, N, torch.finfo(dtype).bits // 8, mode)
         # The fused tile solver covers the no-graph kernel-domain case, for problems with at least one real token on
         # each side (an empty problem has an all-zero plan: left to sinkhorn's masking).
-        fused = mode == "cache" and not need_graph and cfg.domain == "kernel"
-        if fused:
-            views_ok = img_mask.any(-1).all(-1).tolist()  # [B]: every view of the image has a real token
-            stop = "reference" if reference else cfg.stop
-            inv_eps = 1.0 / cfg.eps_token
-            n_max = max(min(B, b0 + bt) - b0 for b0 in range(0, B, bt)) * M * P * N * max(
-                (e - s_) * max(1, int(max(last_sorted[s_:e]))) for s_, e in class_tiles)
-            work = torch.empty(_TILE_BUFFERS, n_max, dtype=dtype, device=dev)  # reused by every tile
-        term = torch.empty(B, C, M, N, dtype=dtype, device=dev) if not need_graph else None
+        fused: Optional[_Fused] = None
+        if mode == "cache" and not need_graph and cfg.domain == "kernel":
+            n_max = bt * M * P * N * max((e - s) * max(1, int(max(last_sorted[s:e]))) for s, e in class_tiles)
+            fused = _Fused(stop="reference" if reference else cfg.stop,
+                           rows=[row_side(img_mask[b0:b0 + bt], dtype) for b0 in range(0, B, bt)],
+                           work=torch.empty(_TILE_BUFFERS, n_max, dtype=dtype, device=dev),  # shared by all tiles
+                           term=torch.empty(B, C, M, N, dtype=dtype, device=dev))
         cols: List[Tensor] = []
         for s, e in class_tiles:
-            idx = order[s:e]
-            Lc = max(1, int(max(last_sorted[s:e])))
-            tm = txt_mask[idx, :, :Lc]
-            tt = txt_tokens[idx, :, :Lc].to(dtype)
-            tt = torch.where(tm[..., None], tt, zero)
-            _finite_or_raise(tt, f"txt_tokens (classes {s}..{e - 1} after length sort)")
-            tt = F.normalize(tt, dim=-1)
-            if fused:
-                prompts_ok = bool(tm.any(-1).all())
-                y = (tt * inv_eps).reshape(-1, D)  # 1/ε folded into the GEMM: Z = S/ε with no extra pass
-            rows: List[Tensor] = []
-            for b0 in range(0, B, bt):
-                b1 = min(B, b0 + bt)
-                if fused and prompts_ok and all(views_ok[b0:b1]):
-                    x = imgt[b0:b1].reshape(-1, D)
-                    Z = torch.mm(y, x.t(), out=work[0, :y.shape[0] * x.shape[0]].view(y.shape[0], x.shape[0]))
-                    res = similarity_sinkhorn(Z.view(e - s, N, Lc, b1 - b0, M, P), cfg.eps_token, img_mask[b0:b1],
-                                              tm, stop=stop, max_iter=cfg.max_iter, tol=cfg.tol,
-                                              work=(work[1], work[2]))
-                    iters.append(res.n_iter.reshape(-1).float())
-                    errs.append(res.marginal_err.amax().reshape(1).float())
-                    out = res.sigma if reference else res.mass - res.sigma
-                else:
-                    def run(imgt_: Tensor, tt_: Tensor, tm_: Tensor = tm, mask_: Tensor = img_mask[b0:b1]) -> Tensor:
-                        d_tok, sigma = self._token_chunk(imgt_, mask_, tt_, tm_, grad_mode, iters, errs)
-                        return sigma if reference else d_tok
-
-                    if need_graph and grad_mode != "autodiff":
-                        # Recompute the tile in backward instead of keeping its [Bt, Ct, M, N, P, L] state alive
-                        # until then. Deterministic (same inputs, same iterations), so the recomputed plan is
-                        # identical. (The recomputation appends its iteration counts to a list this forward has
-                        # already consumed.)
-                        out = checkpoint(run, imgt[b0:b1], tt, use_reentrant=False)
-                    else:
-                        out = run(imgt[b0:b1], tt)
-                if term is not None:
-                    term[b0:b1, s:e] = out
-                else:
-                    rows.append(out)
-            if term is None:
-                cols.append(torch.cat(rows, dim=0))
-        term_sorted = term if term is not None else torch.cat(cols, dim=1)  # [B, C, M, N] in sorted class order
+            out = self._class_tile(s, e, max(1, int(max(last_sorted[s:e]))), imgt, img_mask, txt_tokens, txt_mask,
+                                   order[s:e], bt, need_graph, grad_mode, fused, iters, errs)
+            if out is not None:
+                cols.append(out)
+        term = fused.term if fused is not None else torch.cat(cols, dim=1)  # [B, C, M, N], sorted class order
+        if fused is not None and not bool(torch.isfinite(term.sum())):
+            # (similarity_sinkhorn's own check, once per forward instead of once per tile)
+            raise FloatingPointError(
+                f"sinkhorn: non-finite plan in the token level ({int((~torch.isfinite(term)).sum())} of "
+                f"{term.numel()} (image, class, view, prompt) problems) for image tokens {tuple(img_tokens.shape)}, "
+                f"text tokens {tuple(txt_tokens.shape)}, eps={cfg.eps_token}. Kernel-domain underflow? Try "
+                f"domain='log' or a larger eps."
+            )
         inv = torch.empty_like(order)
         inv[order] = torch.arange(C, device=dev)
-        return term_sorted[:, inv]
+        return term[:, inv]
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -420,9 +491,9 @@ class HierarchicalOTHead(nn.Module):
                 "prompt_marginal_err": res.marginal_err.amax(),
             }
             if tok_iters:
-                it = torch.cat(tok_iters)
+                it = torch.cat(tok_iters).float()
                 diag["token_iters_mean"] = it.mean()
                 diag["token_iters_max"] = it.amax()
                 diag["token_iters_min"] = it.amin()
-                diag["token_marginal_err"] = torch.cat(tok_errs[:len(tok_iters)]).amax()
+                diag["token_marginal_err"] = torch.cat(tok_errs[:len(tok_iters)]).amax().float()
         return logits, diag
