@@ -281,8 +281,10 @@ def test_cache_tiles_follow_the_budget() -> None:
             assert e - s <= 20
             assert entries * 3 * 4 <= budget or (e - s - 1) * N * max(lens[s:e - 1] or [0]) < hier._MIN_GEMM_COLS \
                 or e - s == 1
+            if e < len(lens) and e - s < 20 and lens[e] == lens[e - 1]:  # ended inside a length: the budget was full
+                assert bt * M * P * (e + 1 - s) * N * lens[e] * 3 * 4 > budget
         if budget == 1 << 40:
-            assert bt == 1 and len(tiles) == 3  # class_chunk-capped, so one image per tile
+            assert bt == 1 and len(tiles) >= 3  # class_chunk-capped (and split at lengths), so one image per tile
     bt, tiles = HierarchicalOTHead(OTHeadConfig(tile="cache", cache_bytes=1 << 40))._tiles(lens, B, M, P, N, 4,
                                                                                           "cache")
     assert len(tiles) == 1 and bt == B  # everything fits: all classes, all images
