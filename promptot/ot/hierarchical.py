@@ -181,8 +181,8 @@ def _finite_or_raise(x: Tensor, name: str) -> None:
 
 class _Fused(NamedTuple):
     """What the fused tile solver needs besides the tile: stopping rule, the image side of every image block (computed
-    once per forward), the scratch buffers (similarities/ε, kernel, temporary) shared by all tiles, and the output
-    ``[B, C, M, N]`` (length-sorted classes) the tiles write into."""
+    once per forward), the scratch buffers (similarities/ε, the same regrouped per problem, kernel) shared by all
+    tiles, and the output ``[B, C, M, N]`` (length-sorted classes) the tiles write into."""
 
     stop: str
     rows: List[RowSide]
@@ -204,7 +204,8 @@ class HierarchicalOTHead(nn.Module):
     # ------------------------------------------------------------------ token level
     def _token_chunk(self, imgt: Tensor, img_mask: Tensor, tt: Tensor, tm: Tensor, grad_mode: str,
                      iters: List[Tensor], errs: List[Tensor]) -> Tuple[Tensor, Tensor]:
-        """One class chunk: image tokens ``[B, M, P, D]`` (normalised), text tokens ``[Cc, N, L, D]`` (normalised).
+        """One tile through :func:`sinkhorn` (the path with a graph, the log domain, empty token sets and the "batched"
+        tiling): image tokens ``[B, M, P, D]`` (normalised), text tokens ``[Cc, N, L, D]`` (normalised).
 
         Returns (d_tok, σ_tok) ``[B, Cc, M, N]``; appends the Sinkhorn iteration counts to ``iters`` and the largest
         marginal error to ``errs``.
