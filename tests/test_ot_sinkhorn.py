@@ -332,3 +332,22 @@ def test_similarity_sinkhorn_fp32_and_workspace() -> None:
     torch.testing.assert_close(out.sigma.double(), ref.sigma, atol=1e-6, rtol=0)
     assert torch.equal(out.n_iter, ref.n_iter)
     assert not torch.isnan(work[0][:Z.numel()]).any()
+
+
+def test_similarity_sinkhorn_guards() -> None:
+    """Empty token sets are refused (sinkhorn's masking handles them); a kernel underflow raises with the hint."""
+    from promptot.ot.sinkhorn import similarity_sinkhorn
+
+    x, y, rm, cm = _token_sets()
+    Z = torch.einsum("cnld,bmpd->cnlbmp", y / 0.1, x).contiguous()
+    rm_empty = rm.clone()
+    rm_empty[1, 0] = False
+    with pytest.raises(ValueError, match="real token"):
+        similarity_sinkhorn(Z, 0.1, rm_empty, cm)
+    # fp32, ε = 0.005 (row-shifted kernel): the text token opposite to all image tokens has e^{-2/ε} = 0 in its column
+    e0 = torch.eye(4)[0]
+    xs = e0.expand(1, 1, 3, 4)
+    ys = torch.stack([e0, -e0]).expand(1, 1, 2, 4)
+    Zs = torch.einsum("cnld,bmpd->cnlbmp", ys / 0.005, xs).contiguous()
+    with pytest.raises(FloatingPointError, match="domain='log'"):
+        similarity_sinkhorn(Zs, 0.005, torch.ones(1, 1, 3, dtype=torch.bool), torch.ones(1, 1, 2, dtype=torch.bool))
