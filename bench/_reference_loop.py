@@ -68,6 +68,7 @@ def loop_head_logits(
     B, M, D = img_global.shape
     C, N, _ = txt_global.shape
     dt = img_global.dtype
+    dev = img_global.device
     z = F.normalize(img_global, dim=-1)
     h = F.normalize(txt_global, dim=-1)
     S = torch.einsum("bmd,cnd->bcmn", z, h)
@@ -75,7 +76,7 @@ def loop_head_logits(
     term = None
     if img_tokens is not None and txt_tokens is not None:
         imgt = F.normalize(img_tokens, dim=-1)
-        term = torch.zeros(B, C, M, N, dtype=dt)
+        term = torch.zeros(B, C, M, N, dtype=dt, device=dev)
         for b in range(B):
             for c in range(C):
                 tt = F.normalize(txt_tokens[c], dim=-1)  # [N, L_c, D]
@@ -85,8 +86,8 @@ def loop_head_logits(
                 cost = 1.0 - sim
                 with torch.no_grad():
                     K = torch.exp(-cost / eps_token)
-                    u = torch.full((M * N, P), 1.0 / P, dtype=dt)
-                    v = torch.full((M * N, L), 1.0 / L, dtype=dt)
+                    u = torch.full((M * N, P), 1.0 / P, dtype=dt, device=dev)
+                    v = torch.full((M * N, L), 1.0 / L, dtype=dt, device=dev)
                     T, it = plain_sinkhorn(K, u, v, max_iter, tol, stop)
                 iters.append(it)
                 val = (T * sim).sum((-1, -2)) if compat == "reference" else (T * cost).sum((-1, -2))
@@ -97,8 +98,8 @@ def loop_head_logits(
         cost = 1.0 - S if term is None else 1.0 - S + beta * term
     with torch.no_grad():
         K = torch.exp(-cost / eps_prompt).reshape(B * C, M, N)
-        u = torch.full((B * C, M), 1.0 / M, dtype=dt)
-        v = torch.full((B * C, N), 1.0 / N, dtype=dt)
+        u = torch.full((B * C, M), 1.0 / M, dtype=dt, device=dev)
+        v = torch.full((B * C, N), 1.0 / N, dtype=dt, device=dev)
         T, _ = plain_sinkhorn(K, u, v, max_iter, tol, stop)
         T = T.reshape(B, C, M, N)
     score = (T * S).sum((-1, -2))

@@ -185,3 +185,134 @@ def test_nan_image_padding_gives_finite_gradients() -> None:
     it_real = it.clone().requires_grad_(True)
     HierarchicalOTHead(cfg)(ig, tg, 100.0, it_real, None, tt, tm).sum().backward()
     torch.testing.assert_close(it_pad.grad[:, :, :-3], it_real.grad, atol=1e-10, rtol=1e-8)
+
+
+# ----------------------------------------------------------------------------------------------- token-level tiling
+# "batched" is the untiled path (all images × class chunks through sinkhorn); the cache tilings below split images
+# and classes in several ways, including one (image, class) per tile and tiles that do not divide B or C.
+_TILINGS = [dict(tile="cache", tile_images=1, tile_classes=1), dict(tile="cache", tile_images=2, tile_classes=3),
+            dict(tile="cache", tile_images=3, tile_classes=4, class_chunk=2), dict(tile="cache")]
+
+
+def _ragged_inputs(seed: int, B: int = 3, C: int = 7):
+    """float64 inputs with masked (NaN) image tokens, ragged text lengths and a non-left-aligned text mask."""
+    ig, tg, it, tl = _inputs(torch.float64, B=B, C=C, seed=seed)
+    tt, tm = _pad(tl, extra=2)
+    tm[1, :, 0] = False  # a hole at the front of class 1
+    tm[4, 1, :] = False
+    tm[4, 1, 2] = True  # prompt 1 of class 4: a single token
+    it = torch.cat([it, torch.full_like(it[:, :, :4], float("nan"))], dim=2)
+    im = torch.ones(it.shape[:3], dtype=torch.bool)
+    im[:, :, -4:] = False
+    im[0, 1, :6] = False  # views with different numbers of real tokens
+    im[-1, 0, 3] = False
+    return ig, tg, it, im, tt, tm
+
+
+def _head(tiling: dict, **kw) -> HierarchicalOTHead:
+    return HierarchicalOTHead(OTHeadConfig(**{**kw, **tiling}))
+
+
+@pytest.mark.parametrize("domain", ["kernel", "log"])
+@pytest.mark.parametrize("compat,stop", [("reference", "reference"), ("paper", "marginal"), ("paper", "fixed"),
+                                         ("paper", "reference")])
+def test_tiling_invariance(compat: str, stop: str, domain: str) -> None:
+    """Without a graph: logits and token diagnostics do not depend on the tiling and equal the untiled path (masks,
+    ragged lengths, every stopping rule — the reference rule pools each (image, class) group inside one tile)."""
+    ig, tg, it, im, tt, tm = _ragged_inputs(seed=30)
+    kw = dict(compat=compat, stop=stop, domain=domain, beta=0.7, max_iter=30 if stop == "fixed" else 100,
+              tol=1e-9 if stop == "marginal" else None)
+    ref, dref = _head(dict(tile="batched"), **kw)(ig, tg, 100.0, it, im, tt, tm, log=True)
+    for tiling in _TILINGS:
+        out, d = _head(tiling, **kw)(ig, tg, 100.0, it, im, tt, tm, log=True)
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=0, msg=str(tiling))
+        for k in ("token_iters_mean", "token_iters_max", "token_iters_min", "prompt_iters"):
+            assert float(d[k]) == float(dref[k]), (tiling, k)
+        torch.testing.assert_close(d["token_marginal_err"], dref["token_marginal_err"], atol=1e-13, rtol=0)
+
+
+@pytest.mark.parametrize("grad", ["detach", "envelope", "autodiff"])
+def test_tiling_invariance_with_graph(grad: str) -> None:
+    """Paper mode with gradients to the tokens (each tile checkpointed, or unrolled for autodiff): logits and the
+    gradients of all four inputs equal the untiled path."""
+    ig, tg, it, im, tt, tm = _ragged_inputs(seed=31, B=2, C=5)
+    kw = dict(compat="paper", beta=0.5, grad=grad, stop="fixed", max_iter=15)
+    results = []
+    for tiling in [dict(tile="batched")] + _TILINGS:
+        xs = [x.detach().clone().requires_grad_(True) for x in (ig, tg, it, tt)]
+        out = _head(tiling, **kw)(xs[0], xs[1], 100.0, xs[2], im, xs[3], tm)
+        out.logsumexp(-1).sum().backward()
+        results.append((out.detach(), [x.grad for x in xs]))
+    (ref, gref) = results[0]
+    assert all(torch.isfinite(g).all() for g in gref) and gref[2].abs().sum() > 0 and gref[3].abs().sum() > 0
+    for out, grads in results[1:]:
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+        for g, gr in zip(grads, gref):
+            torch.testing.assert_close(g, gr, atol=1e-10, rtol=1e-9)
+
+
+def test_tiling_empty_token_sets() -> None:
+    """A class prompt without any real token and an image view without any: zero token plans (sinkhorn's masking),
+    whichever tiling."""
+    ig, tg, it, im, tt, tm = _ragged_inputs(seed=32)
+    tm[3] = False
+    im[1, 2] = False
+    outs = [_head(t, compat="paper", stop="marginal")(ig, tg, 100.0, it, im, tt, tm)
+            for t in [dict(tile="batched")] + _TILINGS]
+    assert torch.isfinite(outs[0]).all()
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], atol=1e-12, rtol=0)
+
+
+def test_cache_tiles_follow_the_budget() -> None:
+    """Tiles cover every (image, class) exactly once; cache tiles fit the budget (3 full-size buffers) unless the
+    minimum GEMM width asks for more; class_chunk caps the classes per tile; explicit sizes win."""
+    from promptot.ot import hierarchical as hier
+
+    lens = sorted(torch.randint(4, 13, (50,), generator=torch.Generator().manual_seed(0)).tolist())
+    B, M, P, N = 5, 4, 198, 4
+    for budget in (1, 1 << 18, 1 << 20, 1 << 22, 1 << 40):
+        head = HierarchicalOTHead(OTHeadConfig(tile="cache", cache_bytes=budget, class_chunk=20))
+        bt, tiles = head._tiles(lens, B, M, P, N, 4, "cache")
+        assert [s for s, _ in tiles] == [0] + [e for _, e in tiles[:-1]] and tiles[-1][1] == len(lens)
+        for s, e in tiles:
+            L = max(lens[s:e])
+            entries = bt * M * P * (e - s) * N * L
+            assert e - s <= 20
+            assert entries * 3 * 4 <= budget or (e - s - 1) * N * max(lens[s:e - 1] or [0]) < hier._MIN_GEMM_COLS \
+                or e - s == 1
+            if e < len(lens) and e - s < 20 and lens[e] == lens[e - 1]:  # ended inside a length: the budget was full
+                assert bt * M * P * (e + 1 - s) * N * lens[e] * 3 * 4 > budget
+        if budget == 1 << 40:
+            assert bt == 1 and len(tiles) >= 3  # class_chunk-capped (and split at lengths), so one image per tile
+    bt, tiles = HierarchicalOTHead(OTHeadConfig(tile="cache", cache_bytes=1 << 40))._tiles(lens, B, M, P, N, 4,
+                                                                                          "cache")
+    assert len(tiles) == 1 and bt == B  # everything fits: all classes, all images
+    bt, tiles = HierarchicalOTHead(OTHeadConfig(tile="cache", tile_images=2, tile_classes=7))._tiles(
+        lens, B, M, P, N, 4, "cache")
+    assert bt == 2 and [e - s for s, e in tiles] == [7] * 7 + [1]
+    bt, tiles = HierarchicalOTHead(OTHeadConfig(tile="batched", class_chunk=16))._tiles(lens, B, M, P, N, 4, "batched")
+    assert bt == B and [e - s for s, e in tiles] == [16, 16, 16, 2]
+    assert hier.cache_budget_bytes() >= 1 << 10
+    assert hier._parse_size("512K\n") == 512 << 10 and hier._parse_size("32M") == 32 << 20
+    assert hier._cpu_count("0-3,8-11\n") == 8 and hier._cpu_count("5") == 1
+    with pytest.raises(ValueError, match="tile"):
+        OTHeadConfig(tile="tiles")
+    with pytest.raises(ValueError, match="tile_classes"):
+        OTHeadConfig(tile_classes=0)
+
+
+@pytest.mark.parametrize("tiling", [dict(tile="batched"), dict(tile="cache")])
+def test_kernel_underflow_raises_in_every_tiling(tiling: dict) -> None:
+    """fp32, ε = 0.005: a text token opposite to every image token has kernel e^{-2/ε} = 0 in its column even after
+    the row shift; both paths raise with the log-domain hint instead of returning NaN logits."""
+    D = 4
+    e0 = torch.eye(D)[0]
+    it = e0.expand(1, 1, 3, D).clone()
+    tt = torch.stack([e0, -e0]).expand(1, 1, 2, D).clone()
+    ig, tg = torch.randn(1, 1, D), torch.randn(1, 1, D)
+    head = _head(tiling, compat="reference", eps_token=0.005)
+    with pytest.raises(FloatingPointError, match="domain='log'"):
+        head(ig, tg, 100.0, it, None, tt, None)
+    ok = _head(tiling, compat="reference", eps_token=0.005, domain="log")(ig, tg, 100.0, it, None, tt, None)
+    assert torch.isfinite(ok).all()

@@ -261,3 +261,93 @@ def test_fixed_stop_runs_exactly_max_iter_iterations(domain: str, n_iter: int) -
     torch.testing.assert_close(res.plan, r[..., None] * K * c[..., None, :], atol=1e-12, rtol=1e-10)
     other = sinkhorn(C, eps=0.2, stop="fixed", max_iter=n_iter + 1, domain=domain).plan
     assert (other - res.plan).abs().max() > 1e-9  # one more iteration is a different plan
+
+
+def _token_sets(dtype=D64, seed: int = 13, Bt: int = 2, M: int = 3, P: int = 7, Ct: int = 3, N: int = 2, L: int = 5,
+                D: int = 6, masks: bool = True):
+    """Unit image/text tokens with zero padding (ragged on both sides when ``masks``) and their masks."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(D, generator=g, dtype=dtype)
+    x = torch.nn.functional.normalize(torch.randn(Bt, M, P, D, generator=g, dtype=dtype) + 0.5 * base, dim=-1)
+    y = torch.nn.functional.normalize(torch.randn(Ct, N, L, D, generator=g, dtype=dtype) + 0.5 * base, dim=-1)
+    rm = torch.ones(Bt, M, P, dtype=torch.bool)
+    cm = torch.ones(Ct, N, L, dtype=torch.bool)
+    if masks:
+        rm[0, 1, 4:] = False
+        rm[1, 2, ::2] = False
+        cm[0, :, 3:] = False
+        cm[2, 1, 0] = False
+    return x * rm[..., None], y * cm[..., None], rm, cm
+
+
+@pytest.mark.parametrize("masks", [True, False])
+@pytest.mark.parametrize("eps", [0.1, 0.05, 0.002])  # 0.002: 1/ε > 300, the row-shifted kernel
+@pytest.mark.parametrize("stop", ["reference", "marginal", "fixed"])
+def test_similarity_sinkhorn_equals_sinkhorn(stop: str, eps: float, masks: bool) -> None:
+    """The fused tile solver = sinkhorn on the cost 1 − S (kernel domain, group per (image, class)): same <T, S>,
+    <T, 1>, final marginal errors and iteration counts, in float64."""
+    from promptot.ot.sinkhorn import similarity_sinkhorn
+
+    x, y, rm, cm = _token_sets(masks=masks)
+    S = torch.einsum("bmpd,cnld->bcmnpl", x, y)
+    res = sinkhorn(1.0 - S, eps=eps, row_mask=rm[:, None, :, None], col_mask=cm[None, :, None], stop=stop,
+                   group_ndim=2, tol=1e-9 if stop == "marginal" else None)
+    Z = torch.einsum("cnld,bmpd->cnlbmp", y / eps, x).contiguous()
+    Z0 = Z.clone()
+    out = similarity_sinkhorn(Z, eps, rm, cm, stop=stop, tol=1e-9 if stop == "marginal" else None)
+    torch.testing.assert_close(out.sigma, (res.plan * S).sum((-1, -2)), atol=1e-14, rtol=0)
+    torch.testing.assert_close(out.mass, res.plan.sum((-1, -2)), atol=1e-14, rtol=0)
+    torch.testing.assert_close(out.marginal_err, res.marginal_err, atol=1e-14, rtol=0)
+    assert torch.equal(out.n_iter, res.n_iter)
+    assert torch.equal(Z, Z0), "Z is an input: kept unchanged"
+
+
+def test_similarity_sinkhorn_reference_counts_equal_plain_loop() -> None:
+    """Reference rule: one decision per (image, class) over its M·N problems, each equal to the plain transcription
+    of the reference loop on that pair (unpadded)."""
+    from promptot.ot.sinkhorn import similarity_sinkhorn
+
+    x, y, rm, cm = _token_sets(masks=False, seed=14, D=16)
+    out = similarity_sinkhorn(torch.einsum("cnld,bmpd->cnlbmp", y / 0.1, x).contiguous(), 0.1, rm, cm)
+    S = torch.einsum("bmpd,cnld->bcmnpl", x, y)
+    Bt, Ct, M, N, P, L = S.shape
+    for b in range(Bt):
+        for c in range(Ct):
+            T, it = _reference_rule_loop(1.0 - S[b, c].reshape(M * N, P, L), 0.1)
+            assert int(out.n_iter[b, c]) == it
+            torch.testing.assert_close(out.sigma[b, c].reshape(-1), (T * S[b, c].reshape(M * N, P, L)).sum((-1, -2)),
+                                       atol=1e-14, rtol=0)
+
+
+def test_similarity_sinkhorn_fp32_and_workspace() -> None:
+    """fp32 within 1e-6 of float64; given scratch buffers are used (no result depends on their previous content)."""
+    from promptot.ot.sinkhorn import similarity_sinkhorn
+
+    x, y, rm, cm = _token_sets()
+    Z = torch.einsum("cnld,bmpd->cnlbmp", y / 0.1, x).contiguous()
+    ref = similarity_sinkhorn(Z, 0.1, rm, cm)
+    work = (torch.full((Z.numel() + 5,), float("nan")), torch.full((Z.numel() + 5,), float("nan")))
+    out = similarity_sinkhorn(Z.float(), 0.1, rm, cm, work=work)
+    assert out.sigma.dtype == torch.float32
+    torch.testing.assert_close(out.sigma.double(), ref.sigma, atol=1e-6, rtol=0)
+    assert torch.equal(out.n_iter, ref.n_iter)
+    assert not torch.isnan(work[0][:Z.numel()]).any()
+
+
+def test_similarity_sinkhorn_guards() -> None:
+    """Empty token sets are refused (sinkhorn's masking handles them); a kernel underflow raises with the hint."""
+    from promptot.ot.sinkhorn import similarity_sinkhorn
+
+    x, y, rm, cm = _token_sets()
+    Z = torch.einsum("cnld,bmpd->cnlbmp", y / 0.1, x).contiguous()
+    rm_empty = rm.clone()
+    rm_empty[1, 0] = False
+    with pytest.raises(ValueError, match="real token"):
+        similarity_sinkhorn(Z, 0.1, rm_empty, cm)
+    # fp32, ε = 0.005 (row-shifted kernel): the text token opposite to all image tokens has e^{-2/ε} = 0 in its column
+    e0 = torch.eye(4)[0]
+    xs = e0.expand(1, 1, 3, 4)
+    ys = torch.stack([e0, -e0]).expand(1, 1, 2, 4)
+    Zs = torch.einsum("cnld,bmpd->cnlbmp", ys / 0.005, xs).contiguous()
+    with pytest.raises(FloatingPointError, match="domain='log'"):
+        similarity_sinkhorn(Zs, 0.005, torch.ones(1, 1, 3, dtype=torch.bool), torch.ones(1, 1, 2, dtype=torch.bool))

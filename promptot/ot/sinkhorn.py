@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["SinkhornResult", "sinkhorn", "ot_cost", "plan_entropy"]
+__all__ = ["SinkhornResult", "sinkhorn", "ot_cost", "plan_entropy", "ScoreResult", "RowSide", "ColSide", "row_side",
+           "col_side", "similarity_sinkhorn"]
 
 DOMAINS = ("kernel", "log")
 STOPS = ("marginal", "reference", "fixed")
@@ -442,3 +443,248 @@ def ot_cost(
         ent = torch.where(mask, P * (torch.log(P.clamp_min(1e-38)) - 1.0), torch.zeros_like(P)).sum((-1, -2))
         value = value + eps * ent
     return value, res
+
+
+# ----------------------------------------------------------------------------------------------------------- fused tile
+@dataclass
+class ScoreResult:
+    """Output of :func:`similarity_sinkhorn` for one tile of ``Bt`` images × ``Ct`` classes.
+
+    Attributes
+    ----------
+    sigma : Tensor ``[Bt, Ct, M, N]``
+        ``<T, S>`` per problem (OT-weighted similarity).
+    mass : Tensor ``[Bt, Ct, M, N]``
+        ``<T, 1>`` per problem (1 up to the marginal error), so that ``<T, 1 − S> = mass − sigma``.
+    n_iter : Tensor (int64)
+        ``[Bt, Ct]`` for ``stop="reference"`` (one decision per (image, class)), ``[Bt, Ct, M, N]`` for ``"marginal"``,
+        ``[]`` for ``"fixed"``.
+    marginal_err : Tensor ``[Bt, Ct, M, N]``
+        Final row-marginal L1 error ``sum_p |(T 1)_p − a_p|`` per problem (as :attr:`SinkhornResult.marginal_err`).
+    """
+
+    sigma: Tensor
+    mass: Tensor
+    n_iter: Tensor
+    marginal_err: Tensor
+
+
+class RowSide(NamedTuple):
+    """Image-token side of a tile (:func:`row_side`), computed once per image block and reused by every class tile."""
+
+    a: Tensor  # [1, 1, Bt, M, P] uniform weights over the real tokens of each view, 0 on padding
+    real: Tensor  # [1, 1, Bt, M, P] 1 on real tokens, 0 on padding (the reference rule's start r = 1)
+    count: Tensor  # [1, Bt] real tokens of an image summed over its views
+    ok: bool  # every view has a real token
+
+
+class ColSide(NamedTuple):
+    """Text-token side of a tile (:func:`col_side`), computed once per class tile and reused by every image block."""
+
+    b: Tensor  # [Ct, N, L, 1, 1] uniform weights over the real tokens of each prompt, 0 on padding
+    start: Optional[Tensor]  # [Ct, N, L, 1, 1] 1 on real tokens, 0 on padding; None when nothing is padded
+    ok: bool  # every prompt has a real token
+
+
+def row_side(row_mask: Tensor, dtype: torch.dtype) -> RowSide:
+    """:class:`RowSide` of a bool mask ``[Bt, M, P]`` (True = real image token)."""
+    Bt, M, P = row_mask.shape
+    real = row_mask.to(dtype)
+    cnt = real.sum(-1, keepdim=True)
+    return RowSide(a=(real / cnt.clamp_min(1.0)).view(1, 1, Bt, M, P), real=real.view(1, 1, Bt, M, P),
+                   count=cnt.sum((-1, -2)).view(1, Bt), ok=bool(cnt.amin() > 0))
+
+
+def col_side(col_mask: Tensor, dtype: torch.dtype) -> ColSide:
+    """:class:`ColSide` of a bool mask ``[Ct, N, L]`` (True = real text token)."""
+    Ct, N, L = col_mask.shape
+    real = col_mask.to(dtype)
+    cnt = real.sum(-1, keepdim=True)
+    n_real = int(cnt.sum())
+    return ColSide(b=(real / cnt.clamp_min(1.0)).view(Ct, N, L, 1, 1),
+                   start=None if n_real == real.numel() else real.view(Ct, N, L, 1, 1),
+                   ok=bool(cnt.amin() > 0))
+
+
+# Largest 1/ε for which the *unshifted* kernel exp(S/ε) is used: with |S| ≤ 1 every entry and every Sinkhorn scaling
+# then stays far inside the exponent range (fp32: e^±40 ≈ 4e-18 .. 2e17 against 1e-38 .. 3e38; float64: e^±300
+# against e^±708).
+_UNSHIFTED_MAX = {torch.float32: 40.0, torch.float64: 300.0}
+
+
+def similarity_sinkhorn(
+    Z: Tensor,
+    eps: float,
+    row_mask: Union[Tensor, RowSide],
+    col_mask: Union[Tensor, ColSide],
+    stop: str = "reference",
+    max_iter: int = 100,
+    tol: Optional[float] = None,
+    check_every: int = 10,
+    work: Optional[Tuple[Tensor, Tensor]] = None,
+    check_finite: bool = True,
+) -> ScoreResult:
+    """Kernel-domain Sinkhorn for cosine costs ``1 − S``, returning ``<T, S>`` without ever forming cost or plan.
+
+    Problem: for every image view (b, m) and class prompt (c, n) of a tile, entropic OT between the ``P`` image tokens
+    (rows, uniform over the real ones) and the ``L`` text tokens (columns, uniform over the real ones) with cost
+    ``1 − S`` — the token level of :class:`~promptot.ot.HierarchicalOTHead` — solved exactly as :func:`sinkhorn` with
+    ``domain="kernel"`` and ``group_ndim=2`` (same iterates, same stopping decisions, same iteration counts, up to
+    summation order), in fewer full-size passes, which is what bounds it once the similarities are computed.
+
+    Parameters
+    ----------
+    Z : Tensor ``[Ct, N, L, Bt, M, P]`` (fp32 or float64)
+        ``S / ε`` with S the cosine similarities of unit (or all-zero padding) tokens, so ``|S| ≤ 1`` and padding is
+        exactly 0: the natural output of one GEMM ``(text tokens / ε) @ image tokensᵀ``. Not modified.
+    eps : float
+        ε (> 0).
+    row_mask : bool Tensor ``[Bt, M, P]`` or its :class:`RowSide`
+        Real image tokens; every view must have at least one (``ok``). Pass the :func:`row_side` to reuse it.
+    col_mask : bool Tensor ``[Ct, N, L]`` or its :class:`ColSide`
+        Real text tokens; every prompt must have at least one.
+    stop, max_iter, tol, check_every
+        As :func:`sinkhorn`; ``"reference"`` pools its decision per (image, class) over the ``M·N`` problems.
+    work : pair of Tensors, optional
+        Two scratch buffers with at least ``Z.numel()`` elements of Z's dtype (Z regrouped per problem, the kernel),
+        reused across tiles so that no full-size allocation happens per call.
+    check_finite : bool
+        Raise :class:`FloatingPointError` on a non-finite result (a caller solving many tiles may check once).
+
+    Why it needs fewer passes than :func:`sinkhorn` on the cost:
+
+    - **Problem-contiguous kernel, matvecs as bmm.** One copy regroups Z per problem (``[Ct, N, Bt, M, L, P]``, each
+      ``L × P`` block contiguous); the kernel is computed from that copy, so both Sinkhorn matvecs are batched
+      ``(1 × L)·(L × P)`` and ``(1 × P)·(P × L)`` products that read K once and write only a vector (an elementwise
+      product plus a sum would write and re-read a full-size temporary). The copy also gives ``K ⊙ Z`` at the end.
+    - **No min-shift pass.** ``K' = exp(S/ε) = e^{1/ε} · exp(−(1 − S)/ε)`` is the reference kernel times a constant,
+      absorbed by the row scaling (``r' = e^{-1/ε} r``, ``c' = c``), so plan and column scalings are unchanged and the
+      reference rule ``mean |r − r_prev| < tol`` becomes ``Σ |r' − r'_prev| < tol · count · e^{-1/ε}``. Because
+      ``|S| ≤ 1`` every entry lies in ``[e^{-1/ε}, e^{1/ε}]``: safe while ``1/ε ≤ 40`` in fp32 (ε ≥ 0.025). Below that
+      the per-row shift ``exp(S/ε − max_l S/ε)`` of :func:`sinkhorn` is used (one max pass more).
+    - **Masks cost nothing per iteration.** Padding tokens are zero vectors, so their kernel entries are ``exp(0)``:
+      finite, and killed by zero marginals — a padded column gets ``c = 0 / (Kᵀr) = 0`` from the first column update
+      on (it starts at 0 rather than 1), a padded row gets ``r = 0``. Nothing is masked inside the loop.
+    - **No plan.** ``<T, S> = ε Σ_p r_p Σ_l c_l (K ⊙ Z)_lp`` and the final row marginals ``r ⊙ (cᵀK)``: two matvecs
+      and one product at the end instead of the plan, ``T ⊙ C`` and two sums.
+    - Iteration counts are only accumulated on the device once some group has stopped (until then the host knows
+      them), and a stopped group's iterate is frozen (an exact 0/1 ``lerp``) only from then on.
+    """
+    if stop not in STOPS:
+        raise ValueError(f"similarity_sinkhorn: stop must be one of {STOPS}, got {stop!r}")
+    if max_iter < 1:
+        raise ValueError(f"similarity_sinkhorn: max_iter must be >= 1, got {max_iter}")
+    check_every = max(1, int(check_every))
+    if tol is None:
+        tol = 1e-2 if stop == "reference" else 1e-6
+    Ct, N, L, Bt, M, P = Z.shape
+    G = Ct * N * Bt * M  # problems
+    dt = Z.dtype
+    dev = Z.device
+    rows = row_mask if isinstance(row_mask, RowSide) else row_side(row_mask, dt)
+    cols = col_mask if isinstance(col_mask, ColSide) else col_side(col_mask, dt)
+    if not (rows.ok and cols.ok):
+        raise ValueError("similarity_sinkhorn: every image view and every text prompt needs a real token "
+                         "(use sinkhorn with masks for empty problems)")
+    n = Z.numel()
+    if work is None:
+        work = (torch.empty(n, dtype=dt, device=dev), torch.empty(n, dtype=dt, device=dev))
+    Zp = work[0][:n].view(Ct, N, Bt, M, L, P)
+    Zp.copy_(Z.permute(0, 1, 3, 4, 2, 5))  # regroup per problem (a contiguous copy is cheaper than a permuting exp)
+    K = work[1][:n].view(G, L, P)
+    # Vectors: r, a as [G, 1, P] = [Ct, N, Bt, M, P]; c, b as [G, 1, L] = [Ct, N, Bt, M, L].
+    a = rows.a.expand(Ct, N, Bt, M, P).reshape(G, 1, P)
+    b = cols.b.view(Ct, N, 1, 1, L).expand(Ct, N, Bt, M, L).reshape(G, 1, L)
+
+    inv_eps = 1.0 / eps
+    scale: Optional[Tensor] = None
+    if inv_eps <= _UNSHIFTED_MAX.get(dt, 40.0):
+        torch.exp(Zp.view(G, L, P), out=K)
+        unit = math.exp(-inv_eps)  # the reference's r = 1, in units of r'
+    else:
+        Zm = Zp if cols.start is None else Zp.masked_fill(cols.start.view(Ct, N, 1, 1, L, 1) == 0, -float("inf"))
+        zmax = Zm.amax(4).view(G, 1, P)  # per image token; a padded row gives 0 (its Z row is all 0)
+        torch.sub(Zp.view(G, L, P), zmax, out=K).exp_()
+        scale = torch.exp(inv_eps - zmax)  # r_reference = r_shift · e^{(1 − max_l S)/ε}
+        unit = 1.0
+
+    def row_update(c: Optional[Tensor]) -> Tensor:  # K c as [G, 1, P]
+        return K.sum(1, keepdim=True) if c is None else torch.bmm(c, K)
+
+    def col_update(r: Tensor) -> Tensor:  # c = b / (Kᵀ r) as [G, 1, L]
+        return b / torch.bmm(r, K.transpose(1, 2))
+
+    # c starts at 1 on real columns (the reference start) and 0 on padding, so padding never enters K c.
+    c: Optional[Tensor] = (None if cols.start is None
+                           else cols.start.view(Ct, N, 1, 1, L).expand(Ct, N, Bt, M, L).reshape(G, 1, L))
+    r = a
+    if stop == "fixed":
+        for _ in range(max_iter):
+            r = a / row_update(c)
+            c = col_update(r)
+        n_iter = torch.tensor(max_iter, dtype=torch.long, device=dev)
+    else:
+        if stop == "reference":
+            gshape: Tuple[int, ...] = (Ct, Bt)
+            act = lambda x: x.view(Ct, 1, Bt, 1, 1)  # noqa: E731  (group -> [Ct, N, Bt, M, P or L] broadcast)
+            thr = (tol * unit * N) * rows.count  # [1, Bt]: tol · (pooled real rows), in units of r' (or r_reference)
+            r_prev = (rows.real * unit).expand(Ct, N, Bt, M, P)
+        else:
+            gshape = (Ct, N, Bt, M)
+            act = lambda x: x.unsqueeze(-1)  # noqa: E731
+        active = torch.ones(gshape, dtype=torch.bool, device=dev)
+        n_iter = torch.zeros(gshape, dtype=torch.long, device=dev)
+        known = 0  # iterations during which the host knew every group was active (not yet added to n_iter)
+        all_active = True
+        Kc_next: Optional[Tensor] = None  # K c for the current c, when a marginal check already computed it
+        for it in range(1, max_iter + 1):
+            Kc = row_update(c) if Kc_next is None else Kc_next
+            Kc_next = None
+            r_new = a / Kc
+            c_new = col_update(r_new)
+            if all_active:
+                r, c = r_new, c_new
+                known += 1
+            else:
+                # Freeze stopped groups. lerp with weights exactly 0/1 returns exactly one of its ends (ATen's
+                # lerp: w < 0.5 ? start + w·(end − start) : end − (end − start)·(1 − w)), and broadcasts a group
+                # weight about 3x faster than torch.where broadcasts a bool condition.
+                w = act(active.to(dt))
+                r = torch.lerp(r.view(Ct, N, Bt, M, P), r_new.view(Ct, N, Bt, M, P), w).view(G, 1, P)
+                c = torch.lerp(c.view(Ct, N, Bt, M, L), c_new.view(Ct, N, Bt, M, L), w).view(G, 1, L)
+                n_iter += active
+            if stop == "reference":
+                r_cmp = (r_new if scale is None else r_new * scale).view(Ct, N, Bt, M, P)
+                dsum = (r_cmp - r_prev).abs_().sum((1, 3, 4))  # [Ct, Bt]
+                r_prev = r_cmp if all_active else torch.lerp(r_prev, r_cmp, w)
+                # (A NaN stops a group here where the reference keeps iterating; either way the result is NaN and
+                # the caller raises.)
+                active &= dsum >= thr
+            elif it % check_every == 0:
+                Kc_next = row_update(c)  # reused by the next row update: c does not change in between
+                active &= (r * Kc_next - a).abs_().sum(-1).view(gshape) >= tol
+            if it <= _EARLY_CHECKS or it % check_every == 0:
+                n_active = int(active.sum())
+                if n_active == 0:
+                    break
+                all_active = n_active == active.numel()
+            else:
+                all_active = False
+        if known:
+            n_iter += known
+    # Final: row marginals r ⊙ (cᵀK) and <T, S> = ε Σ_p r_p Σ_l c_l (K ⊙ Z)_lp.
+    assert c is not None
+    row_marg = r * torch.bmm(c, K)  # [G, 1, P]
+    KZ = K.mul_(Zp.view(G, L, P))
+    sigma = (torch.bmm(c, KZ) * r).sum(-1).mul_(eps).view(Ct, N, Bt, M)
+    marginal_err = (row_marg - a).abs_().sum(-1).view(Ct, N, Bt, M)
+    mass = row_marg.sum(-1).view(Ct, N, Bt, M)
+    if check_finite and not bool(torch.isfinite(sigma.sum() + marginal_err.sum())):
+        raise FloatingPointError(
+            f"sinkhorn: non-finite plan for similarity tile of shape {tuple(Z.shape)} with eps={eps}. Kernel-domain "
+            "underflow? Try domain='log' or a larger eps."
+        )
+    perm = (2, 0, 3, 1)  # [Ct, N, Bt, M] -> [Bt, Ct, M, N]
+    n_iter = n_iter.t() if stop == "reference" else (n_iter.permute(perm) if stop == "marginal" else n_iter)
+    return ScoreResult(sigma=sigma.permute(perm), mass=mass.permute(perm), n_iter=n_iter,
+                       marginal_err=marginal_err.permute(perm))
