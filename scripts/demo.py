@@ -32,6 +32,9 @@ METHODS = {
     "IVLP": ("IVLP", "configs/trainers/IVLP/miniclip.yaml", False),
     "VPT": ("VPT", "configs/trainers/VPT/miniclip.yaml", False),
     "PromptSRC": ("PromptSRC", "configs/trainers/PromptSRC/miniclip.yaml", False),
+    "DPT": ("DPT", "configs/trainers/DPT/miniclip.yaml", False),
+    "VLP": ("VLP", "configs/trainers/VLP/miniclip.yaml", False),
+    "VPT-DPT": ("VPT", "configs/trainers/VPT/miniclip_dpt.yaml", False),
 }
 
 
