@@ -101,6 +101,9 @@ def setup_cfg(args):
         cfg.merge_from_list(args.opts)
     except (KeyError, ValueError, AssertionError) as e:
         raise UserError(f"Bad KEY VALUE option: {e}") from e
+    if not isinstance(cfg.DATASET.NAME, str):  # yacs lets any type follow a None (DATASET.NAME None DATASET.NAME 1)
+        raise UserError(f"DATASET.NAME must be a dataset name, got {cfg.DATASET.NAME!r}: pass --dataset-config-file "
+                        "configs/datasets/<name>.yaml or e.g. DATASET.NAME EuroSAT")
     if cfg.DATASET.NAME and cfg.DATASET.NAME not in engine.DATASET_REGISTRY.registered_names():
         # a config stem or any-case spelling of a built-in dataset ("eurosat", "fashion_mnist_shift") is accepted
         from promptot.datasets.names import UnknownDatasetError, resolve_name

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .clip import PromptedCLIP, TextOutput, VisionOutput, tokenize
+from .clip import AppendTokensHook, BlockHook, PromptedCLIP, TextOutput, VisionOutput, tokenize
 
 if TYPE_CHECKING:  # prompts.py builds on the CLIP wrapper only; no runtime import needed here
     from .prompts import TextPrompts
@@ -127,8 +127,9 @@ class PromptModel(nn.Module):
         return 1 if vi is None else vi.n_views
 
     def encode_images(self, images: Tensor, return_tokens: bool = False, hooks=None) -> VisionOutput:
-        """``images [B, 3, H, W]`` through the image tower with the learner's visual prompts; with M visual prompt
-        sets every image is encoded M times, rows ``b*M + m`` (set m)."""
+        """``images [B, 3, H, W]`` through the image tower with the learner's visual prompts (inserted as their
+        :class:`~promptot.prompts.VisionInputs` say; ``hooks`` run after the prompts' own); with M visual prompt sets
+        every image is encoded M times, rows ``b*M + m`` (set m)."""
         vi = self.prompt_learner.vision_inputs() if self.prompt_learner is not None else None
         if vi is None:
             return self.clip.encode_image(images, return_tokens=return_tokens, hooks=hooks)
@@ -139,6 +140,12 @@ class PromptModel(nn.Module):
             return p if p is None or m == 1 else p.repeat(b, 1, 1)
 
         x = images if m == 1 else images.repeat_interleave(m, dim=0)
+        if vi.insert == "append":
+            # DPT-style: layer k's prompts go into block k only (after ln_pre) and are dropped after it
+            layers = {0: per_row(vi.shallow)}
+            layers.update({k + 1: per_row(d) for k, d in enumerate(vi.deep) if d is not None})
+            extra = [] if hooks is None else [hooks] if isinstance(hooks, BlockHook) else list(hooks)
+            return self.clip.encode_image(x, return_tokens=return_tokens, hooks=[AppendTokensHook(layers)] + extra)
         return self.clip.encode_image(x, prompts=per_row(vi.shallow), deep_prompts=[per_row(d) for d in vi.deep],
                                       return_tokens=return_tokens, hooks=hooks)
 

@@ -30,6 +30,8 @@ from .errors import ConfigError
 
 POSITIONS = ("end", "middle", "front")
 COUPLINGS = ("coupled", "independent")
+#: how visual prompts enter the ViT (:class:`VisionInputs`)
+VISION_INSERTS = ("replace", "append")
 
 
 class TextInputs:
@@ -71,13 +73,21 @@ class TextInputs:
 class VisionInputs:
     """Visual prompts of ``n_views`` prompt sets (each image is encoded once per set, rows ``b * M + m``).
 
-    shallow: ``[M, n, Dv]`` appended after the CLS + patch tokens; deep: ``[M, n, Dv]`` per block 1.. (replacing the
-    shallow prompt's slots), or None entries.
+    shallow: ``[M, n, Dv]`` prompts of layer 0; deep: ``[M, n, Dv]`` per block 1.., or None entries. ``insert`` says
+    how they enter the ViT:
+
+    * ``"replace"`` (MaPLe, IVLP, VPT): ``shallow`` is appended after the CLS + patch tokens before ``ln_pre`` and
+      ``deep[k]`` replaces those slots in the input of block k+1; the prompt outputs of the last prompted block
+      travel on through the deeper blocks.
+    * ``"append"`` (DPT's deep VPT): the prompts of layer k (``shallow`` for k = 0) are appended after ``ln_pre`` to
+      the input of block k and dropped from its output, so every prompted block gets fresh prompts and deeper
+      blocks see the CLS + patch tokens only.
     """
 
     shallow: Tensor
     n_views: int = 1
     deep: List[Optional[Tensor]] = field(default_factory=list)
+    insert: str = "replace"
 
 
 def _clean(name: str) -> str:
@@ -391,15 +401,19 @@ class MultiModalPrompts(nn.Module):
     to the text, or ``vision_sets`` = M independent sets of ``n_ctx_vision`` tokens and depth ``vision_depth``).
 
     Protocol: :meth:`text_inputs` (N*C prompts, set-major, deep prompts replicated per class) and
-    :meth:`vision_inputs` (M visual sets; the model encodes each image once per set).
+    :meth:`vision_inputs` (M visual sets; the model encodes each image once per set). ``vision_insert``: how the
+    visual prompts enter the ViT, ``"replace"`` (MaPLe-style) or ``"append"`` (DPT-style; see :class:`VisionInputs`).
     """
 
     def __init__(self, clip: PromptedCLIP, classnames: Sequence[str], *, n_ctx: int = 2,
                  ctx_init: str = "a photo of a", text_depth: int = 1, text_sets: int = 1, init_sets: str = "first",
                  learn_text: bool = True, coupled: bool = True, n_ctx_vision: Optional[int] = None,
                  vision_depth: Optional[int] = None, vision_sets: Optional[int] = None,
-                 dtype: Optional[torch.dtype] = None, deep_dtype: torch.dtype = torch.float32) -> None:
+                 dtype: Optional[torch.dtype] = None, deep_dtype: torch.dtype = torch.float32,
+                 vision_insert: str = "replace") -> None:
         super().__init__()
+        check_choice("vision_insert", vision_insert, VISION_INSERTS)
+        self.vision_insert = vision_insert
         if coupled and not learn_text:
             raise ConfigError("coupled visual prompts are projections of learnable text prompts; with a frozen "
                               "text side use independent visual prompts")
@@ -438,7 +452,7 @@ class MultiModalPrompts(nn.Module):
         if not self.deep.has_vision:
             return None
         shallow, deep = self.deep.visual(self.text_ctx() if self.deep.coupled else None)
-        return VisionInputs(shallow, n_views=shallow.shape[0], deep=list(deep))
+        return VisionInputs(shallow, n_views=shallow.shape[0], deep=list(deep), insert=self.vision_insert)
 
 
 def check_prompt_depth(clip: PromptedCLIP, key: str, depth: int, tower: str = "both") -> None:

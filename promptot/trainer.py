@@ -674,7 +674,9 @@ class PromptTrainer(TrainerX):
             own = model.state_dict()
             other_classes = bool(meta.get("classnames")) and meta["classnames"] != self.classnames
             droppable = tuple(getattr(model, "class_specific_keys", ()))
-            dropped = [k for k in list(state) if droppable and k.startswith(droppable) and other_classes]
+            # a checkpoint without class names (e.g. an official one) shows another class set by the shapes
+            dropped = [k for k in list(state) if droppable and k.startswith(droppable)
+                       and (other_classes or (k in own and own[k].shape != state[k].shape))]
             for k in dropped:
                 del state[k]
             mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -700,6 +702,8 @@ class PromptTrainer(TrainerX):
                 skipped = f"; class-specific parameters not loaded: {', '.join(sorted(dropped))}" if dropped else ""
                 print(f"Note: prompts learned on {len(meta['classnames'])} classes are evaluated on "
                       f"{self.num_classes} other/relabelled classes{skipped}")
+            elif dropped:
+                print(f"Note: class-specific parameters of another class set not loaded: {', '.join(sorted(dropped))}")
             vr = checkpoint.get("val_result")
             print(f"Load {path} to {name} (epoch={checkpoint['epoch']}, "
                   f"val_result={'None' if vr is None else f'{vr:.1f}'})")

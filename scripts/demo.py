@@ -39,6 +39,9 @@ METHODS = {
     "KgCoOp": ("KgCoOp", "configs/trainers/KgCoOp/miniclip.yaml", False),
     "ProGrad": ("ProGrad", "configs/trainers/ProGrad/miniclip.yaml", False),
     "CoPL": ("CoPL", "configs/trainers/CoPL/miniclip.yaml", False),
+    "DPT": ("DPT", "configs/trainers/DPT/miniclip.yaml", False),
+    "VLP": ("VLP", "configs/trainers/VLP/miniclip.yaml", False),
+    "VPT-DPT": ("VPT", "configs/trainers/VPT/miniclip_dpt.yaml", False),
 }
 
 

@@ -256,3 +256,9 @@ def test_train_py_without_fashion_mnist_files_exits_2(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("ERROR: ") and "Traceback" not in r.stderr
     assert "dataset-fashion-mnist" in r.stderr and len(r.stderr.strip().splitlines()) <= 6
+
+
+def test_a_number_as_dataset_name_is_a_user_error(toy_root, tmp_path, tiny_vit_path):
+    """yacs lets ``DATASET.NAME None DATASET.NAME 1`` through as the number 1 (found by test_config_property)."""
+    code, _, err = cli(toy_root, tmp_path, tiny_vit_path, "DATASET.NAME", "None", "DATASET.NAME", "1")
+    assert "DATASET.NAME must be a dataset name, got 1" in one_paragraph(code, err)

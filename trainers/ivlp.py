@@ -91,7 +91,7 @@ def independent_prompts(trainer: PromptTrainer, clip, c, learn_text: bool = True
         clip, trainer.classnames, n_ctx=getattr(c, "N_CTX_TEXT", 0), ctx_init=c.CTX_INIT,
         text_depth=getattr(c, "PROMPT_DEPTH_TEXT", 0), learn_text=learn_text, coupled=False,
         n_ctx_vision=c.N_CTX_VISION, vision_depth=c.PROMPT_DEPTH_VISION if c.N_CTX_VISION > 0 else 0,
-        vision_sets=1, dtype=trainer.param_dtype)
+        vision_sets=1, dtype=trainer.param_dtype, vision_insert=getattr(c, "INSERT", "replace"))
 
 
 def require_learnables(trainer: PromptTrainer, c) -> None:
