@@ -69,6 +69,20 @@ def test_maple_scripts_use_its_configs_and_load_epochs():
     assert xd[xd.index("--load-epoch") + 1] == "2"  # the cross-dataset config trains 2 epochs
 
 
+def test_dpt_family_uses_the_imagenet_warmup_config_on_imagenet_only():
+    def config_of(cmd):
+        return cmd[cmd.index("--config-file") + 1]
+    cmds = dry("dpt/fewshot.sh", "imagenet", "dtd")
+    assert {config_of(c) for c in cmds if "configs/datasets/imagenet.yaml" in c} == \
+        {"configs/trainers/DPT/vit_b32_deep_cross_datasets.yaml"}
+    assert {config_of(c) for c in cmds if "configs/datasets/dtd.yaml" in c} == {"configs/trainers/DPT/vit_b32_deep.yaml"}
+    assert len(cmds) == 2 * 5 * 3
+    vpt = dry("vpt/base2new_dpt.sh", "dtd")
+    assert vpt[0][vpt[0].index("--trainer") + 1] == "VPT"
+    assert config_of(vpt[0]) == "configs/trainers/VPT/vit_b32_deep_dpt.yaml"
+    assert vpt[1][vpt[1].index("--load-epoch") + 1] == "60"  # the launch script's MAX_EPOCH
+
+
 def test_a_trainer_without_an_entry_runs_with_config():
     env = dict(SEEDS="1")
     cmds = dry("base2new.sh", "MaPLe", "miniclip", "fashion_mnist_shift", "10", "OPTIM.MAX_EPOCH", "10", **env)

@@ -1,0 +1,8 @@
+#!/bin/bash
+# DPT's VPT baseline (appended prompts, vit_b32_deep_dpt) base-to-new (train on base classes, 16 shots, seeds 1-3; test the saved prompts on new classes).
+#   bash scripts/vpt/base2new_dpt.sh [DATASET ...] [-- KEY VALUE ...]
+# Datasets default to the protocol's (configs/protocols.yaml; for xd/dg they are the targets). DATA, OUT, GPUS,
+# WORKERS, SWEEP_ARGS: see scripts/_sweep.sh.
+source "$(dirname "$0")/../_sweep.sh"
+datasets_then_opts "$@"
+sweep base2new --trainers VPT_DPT "${DS[@]}" "${REST[@]}"
