@@ -32,11 +32,14 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         out = func(*args, **(kwargs or {}))
+        # An output sharing a storage with an input (a view, an in-place op) allocated nothing; when that storage was
+        # created before the mode (a parameter, a buffer, the caller's input) it is not counted at all.
+        aliased = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 st = t.untyped_storage()
                 key = st.data_ptr()
-                if key == 0:
+                if key == 0 or (key in aliased and key not in self.refs):
                     continue
                 if key not in self.refs:
                     self.refs[key] = 0

@@ -33,57 +33,19 @@ import importlib.util
 import statistics
 import sys
 import time
-import weakref
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.memory import peak_memory  # noqa: E402
 from promptot.ot import HierarchicalOTHead, OTHeadConfig  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("_reference_loop", ROOT / "bench" / "_reference_loop.py")
 _rl = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_rl)  # type: ignore[union-attr]
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Peak of live tensor-storage bytes allocated by ops run inside the mode (CPU-friendly memory probe)."""
-
-    def __init__(self, inputs: Tuple[object, ...] = ()) -> None:
-        super().__init__()
-        # Storages of the inputs: a view of an input (e.g. a slice) allocates nothing and must not be counted.
-        self.exclude = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
-        self.refs: Dict[int, int] = {}
-        self.size: Dict[int, int] = {}
-        self.cur = 0
-        self.peak = 0
-
-    def _release(self, key: int) -> None:
-        self.refs[key] -= 1
-        if self.refs[key] == 0:
-            self.cur -= self.size.pop(key)
-            del self.refs[key]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                st = t.untyped_storage()
-                key = st.data_ptr()
-                if key == 0 or key in self.exclude:
-                    continue
-                if key not in self.refs:
-                    self.refs[key] = 0
-                    self.size[key] = st.nbytes()
-                    self.cur += st.nbytes()
-                    self.peak = max(self.peak, self.cur)
-                self.refs[key] += 1
-                weakref.finalize(t, self._release, key)
-        return out
 
 
 def make_inputs(B: int, C: int, M: int, N: int, P: int, D: int, seed: int = 0, device: str = "cpu"
@@ -114,19 +76,10 @@ def sync(device: str) -> None:
 
 
 def peak_bytes(head: HierarchicalOTHead, args: tuple, device: str) -> int:
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+    def forward() -> None:
         with torch.no_grad():
             head(*args)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    probe = LiveTensorBytes(args)
-    with torch.no_grad(), probe:
-        out = head(*args)
-    del out
-    return probe.peak
+    return peak_memory(forward, device)
 
 
 def load_average() -> str:

@@ -17,3 +17,27 @@ def test_train_step_bench_measures_time_and_memory():
 def test_align_step_bench_runs_at_small_scale():
     res = suite.bench_align_imagenet_step("cpu", repeats=1, precision="fp32", scale="small", n_cls=20)
     assert res["step_s"] > 0 and res["peak_bytes"] > 0
+
+
+def test_cpu_memory_probe_counts_allocations_not_views_of_existing_storage():
+    """Slicing a pre-existing buffer allocates nothing (the probe once counted the whole buffer); new results count
+    their bytes, freed when their last view dies."""
+    import torch
+
+    from bench.memory import LiveTensorBytes, peak_memory
+
+    buf = torch.zeros(1000, 256)  # 1,024,000 bytes, allocated before the probe
+
+    def step() -> None:
+        a = buf[:10]  # a view: 0 bytes
+        b = a * 2.0  # 10 x 256 x 4 = 10,240 bytes
+        c = b.view(-1)[:5]  # a view of b: no more bytes
+        del b
+        d = torch.ones(100)  # 400 bytes while c keeps b's storage alive
+        del c, d
+
+    assert peak_memory(step, "cpu") == 10_240 + 400
+    probe = LiveTensorBytes()
+    with probe:
+        step()
+    assert probe.cur == 0

@@ -53,7 +53,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +179,26 @@ def _finite_or_raise(x: Tensor, name: str) -> None:
     )
 
 
+class _GatherPieces(torch.autograd.Function):
+    """``x[order]`` cut into consecutive pieces of ``sizes`` rows: ``[sizes[i], *x.shape[1:]]`` each, separate
+    allocations. Backward writes every piece's gradient into one zero tensor of ``x``'s shape at its rows (autograd's
+    index_select + split would hold the concatenated gradient and two full-size scatter buffers at once)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, order: Tensor, sizes: List[int]) -> Tuple[Tensor, ...]:  # type: ignore[override]
+        ctx.save_for_backward(order)
+        ctx.sizes, ctx.shape = sizes, x.shape
+        return tuple(x.index_select(0, idx) for idx in order.split(sizes))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> Tuple[Optional[Tensor], None, None]:  # type: ignore[override]
+        (order,) = ctx.saved_tensors
+        g = grads[0].new_zeros(ctx.shape)
+        for idx, gp in zip(order.split(ctx.sizes), grads):
+            g.index_copy_(0, idx, gp)
+        return g, None, None
+
+
 class _Fused(NamedTuple):
     """What the fused tile solver needs besides the tile: stopping rule, the image side of every image block (computed
     once per forward), the scratch buffers (similarities/ε, the same regrouped per problem, kernel) shared by all
@@ -280,30 +300,36 @@ class HierarchicalOTHead(nn.Module):
         return bt, tiles
 
     @staticmethod
-    def _text_tile(txt_tokens: Tensor, txt_mask: Tensor, idx: Tensor, Lc: int, dtype: torch.dtype, factor: float,
-                   what: str) -> Tuple[Tensor, Tensor]:
-        """Text tokens of the classes ``idx`` cut at ``Lc``: ``factor ·`` unit vectors (F.normalize's clamp at 1e-12),
-        exact zeros on padding, ``[Ct, N, Lc, D]``, and their mask ``[Ct, N, Lc]``.
+    def _text_tile(txt_tokens: Tensor, txt_mask: Tensor, idx: Optional[Tensor], Lc: int, dtype: torch.dtype,
+                   factor: float, what: str) -> Tuple[Tensor, Tensor]:
+        """Text tokens of the classes ``idx`` (all of ``txt_tokens`` when None) cut at ``Lc``: ``factor ·`` unit
+        vectors (F.normalize's clamp at 1e-12), exact zeros on padding, ``[Ct, N, Lc, D]``, and their mask
+        ``[Ct, N, Lc]``.
 
         Three passes over the gathered tokens (gather, norms, one scaling by ``mask · factor / |t|``); padding is only
         replaced by zeros (a fourth pass) when something in the tile is not finite, and then the real tokens are
         checked."""
-        tm = txt_mask[idx, :, :Lc]
-        t = txt_tokens[idx, :, :Lc].to(dtype)
+        if idx is None:
+            tm, t = txt_mask[:, :, :Lc], txt_tokens[:, :, :Lc].to(dtype)
+        else:
+            tm, t = txt_mask[idx, :, :Lc], txt_tokens[idx, :, :Lc].to(dtype)
         nrm = torch.linalg.vector_norm(t, dim=-1)
         if not bool(torch.isfinite(nrm.sum())):  # non-finite entries (perhaps only in padding): zero the padding
             t = torch.where(tm[..., None], t, torch.zeros((), dtype=dtype, device=t.device))
             _finite_or_raise(t, what)
             nrm = torch.linalg.vector_norm(t, dim=-1)
         f = torch.where(tm, factor / nrm.clamp_min(1e-12), torch.zeros((), dtype=dtype, device=t.device))
-        # (t is a fresh gather: scaled in place unless autograd needs it for the norm's backward)
-        return (t * f.unsqueeze(-1) if t.requires_grad else t.mul_(f.unsqueeze(-1))), tm
+        # (a fresh gather is scaled in place unless autograd needs it for the norm's backward; a slice is a view)
+        inplace = idx is not None and not t.requires_grad
+        return (t.mul_(f.unsqueeze(-1)) if inplace else t * f.unsqueeze(-1)), tm
 
-    def _class_tile(self, s: int, e: int, Lc: int, imgt: Tensor, img_mask: Tensor, txt_tokens: Tensor,
-                    txt_mask: Tensor, idx: Tensor, bt: int, need_graph: bool, grad_mode: str,
-                    fused: Optional["_Fused"], iters: List[Tensor], errs: List[Tensor]) -> Optional[Tensor]:
-        """Sorted classes ``[s, e)`` (the caller's ``idx``) padded to ``Lc`` × all image blocks of ``bt`` images: the
-        token term ``[B, e − s, M, N]``, written into ``fused.term`` when there is no graph (returns None)."""
+    def _class_tile(self, s: int, e: int, Lc: int, imgt: Tensor, img_blocks: Sequence[Tensor], img_mask: Tensor,
+                    txt_tokens: Tensor, txt_mask: Tensor, idx: Optional[Tensor], bt: int, need_graph: bool,
+                    grad_mode: str, fused: Optional["_Fused"], iters: List[Tensor], errs: List[Tensor]
+                    ) -> Optional[Tensor]:
+        """Sorted classes ``[s, e)`` (the caller's ``idx`` of ``txt_tokens``, or all of ``txt_tokens`` when None)
+        padded to ``Lc`` × all image blocks of ``bt`` images (``img_blocks``: ``imgt`` split by ``bt``): the token
+        term ``[B, e − s, M, N]``, written into ``fused.term`` when there is no graph (returns None)."""
         cfg = self.cfg
         reference = cfg.compat == "reference"
         B, M, P, D = imgt.shape
@@ -314,8 +340,12 @@ class HierarchicalOTHead(nn.Module):
             y, tm = self._text_tile(txt_tokens, txt_mask, idx, Lc, imgt.dtype, 1.0 / cfg.eps_token, what)
             side = col_side(tm, imgt.dtype)
             y = y.view(-1, D)
-        else:
-            tt, tm = self._text_tile(txt_tokens, txt_mask, idx, Lc, imgt.dtype, 1.0, what)
+        # With a checkpointed graph the text tokens are normalised inside each checkpoint (recomputed in backward) so
+        # that no normalised copy of the tile stays alive until backward; the raw tokens are saved instead.
+        normalise_inside = need_graph and grad_mode != "autodiff" and idx is None
+        if fused is None:
+            tt, tm = (txt_tokens, txt_mask[:, :, :Lc]) if normalise_inside else \
+                self._text_tile(txt_tokens, txt_mask, idx, Lc, imgt.dtype, 1.0, what)
         rows: List[Tensor] = []
         for bi, b0 in enumerate(range(0, B, bt)):
             b1 = min(B, b0 + bt)
@@ -334,6 +364,8 @@ class HierarchicalOTHead(nn.Module):
                 tt, _ = self._text_tile(txt_tokens, txt_mask, idx, Lc, imgt.dtype, 1.0, what)
 
             def run(imgt_: Tensor, tt_: Tensor, tm_: Tensor = tm, mask_: Tensor = img_mask[b0:b1]) -> Tensor:
+                if normalise_inside:
+                    tt_, tm_ = self._text_tile(tt_, txt_mask, None, Lc, imgt.dtype, 1.0, what)
                 d_tok, sigma = self._token_chunk(imgt_, mask_, tt_, tm_, grad_mode, iters, errs)
                 return sigma if reference else d_tok
 
@@ -341,9 +373,9 @@ class HierarchicalOTHead(nn.Module):
                 # Recompute the tile in backward instead of keeping its [Bt, Ct, M, N, P, L] state alive until
                 # then. Deterministic (same inputs, same iterations), so the recomputed plan is identical. (The
                 # recomputation appends its iteration counts to a list this forward has already consumed.)
-                out = checkpoint(run, imgt[b0:b1], tt, use_reentrant=False)
+                out = checkpoint(run, img_blocks[bi], tt, use_reentrant=False)
             else:
-                out = run(imgt[b0:b1], tt)
+                out = run(img_blocks[bi], tt)
             if fused is not None:
                 fused.term[b0:b1, s:e] = out
             else:
@@ -392,10 +424,21 @@ class HierarchicalOTHead(nn.Module):
                            rows=[row_side(img_mask[b0:b0 + bt], dtype) for b0 in range(0, B, bt)],
                            work=torch.empty(_TILE_BUFFERS, n_max, dtype=dtype, device=dev),  # shared by all tiles
                            term=torch.empty(B, C, M, N, dtype=dtype, device=dev))
+        img_blocks = torch.split(imgt, bt)
+        if need_graph:
+            # One gather and one split for the whole forward instead of a slice or gather per tile: in backward each
+            # of those would scatter its gradient into a zero tensor of the full [C, N, L, D] (or [B, M, P, D]) size,
+            # once per tile, i.e. memory and time growing with C².
+            sizes = [e - s for s, e in class_tiles]
+            txt_pieces: Sequence[Optional[Tensor]] = _GatherPieces.apply(txt_tokens, order, sizes)
+            mask_pieces: Sequence[Optional[Tensor]] = torch.split(txt_mask.index_select(0, order), sizes)
+        else:
+            txt_pieces = mask_pieces = [None] * len(class_tiles)
         cols: List[Tensor] = []
-        for s, e in class_tiles:
-            out = self._class_tile(s, e, max(1, int(max(last_sorted[s:e]))), imgt, img_mask, txt_tokens, txt_mask,
-                                   order[s:e], bt, need_graph, grad_mode, fused, iters, errs)
+        for (s, e), tp, mp in zip(class_tiles, txt_pieces, mask_pieces):
+            out = self._class_tile(s, e, max(1, int(max(last_sorted[s:e]))), imgt, img_blocks, img_mask,
+                                   txt_tokens if tp is None else tp, txt_mask if mp is None else mp,
+                                   order[s:e] if tp is None else None, bt, need_graph, grad_mode, fused, iters, errs)
             if out is not None:
                 cols.append(out)
         term = fused.term if fused is not None else torch.cat(cols, dim=1)  # [B, C, M, N], sorted class order
