@@ -1,7 +1,8 @@
 """Peak memory of a callable: CUDA allocator statistics on GPU; on CPU (no allocator statistics, and tracemalloc does
 not see torch's allocator) a ``TorchDispatchMode`` that records every tensor storage created while the callable runs
-and frees it when its last tensor dies, i.e. the peak of *live tensor bytes allocated inside* (inputs excluded,
-kernel-internal scratch buffers not seen)."""
+and frees it when its last tensor dies, i.e. the peak of *live tensor bytes allocated inside* (storage that existed
+before, such as parameters, buffers and inputs, is not counted, nor are views of it; kernel-internal scratch buffers
+are not seen)."""
 from __future__ import annotations
 
 import weakref

@@ -194,8 +194,11 @@ def encode_text_chunked(clip: PromptedCLIP, ti, chunk: int, return_tokens: bool 
     """:meth:`PromptedCLIP.encode_text` over ``chunk`` prompts at a time; under autograd each chunk is recomputed in
     backward (activation checkpointing), so the text tower keeps the activations of one chunk instead of all ``N*C``
     prompts: training memory stops growing with the number of classes (``MODEL.TEXT_CHUNK``). Outputs equal the
-    unchunked call; returned tokens are zero-padded to the longest chunk (positions after EOT are padding anyway)."""
+    unchunked call; returned tokens are zero-padded to the positions the unchunked call keeps (positions after EOT are
+    padding anyway): each chunk pads inside its checkpoint, so only the chunk outputs and their concatenation are ever
+    alive, not a padded copy of each as well."""
     n = ti.n_prompts
+    length = clip.text_length(ti.token_ids, ti.deep, ti.deep_start) if return_tokens else None
     outs = []
     for s in range(0, n, chunk):
         rows = slice(s, min(s + chunk, n))
@@ -205,7 +208,7 @@ def encode_text_chunked(clip: PromptedCLIP, ti, chunk: int, return_tokens: bool 
             # the chunk's embeddings are built inside (and rebuilt in backward) from the learnable context, so the
             # prompts of only one chunk are ever alive
             return clip.encode_text(ti.rows(rows.start, rows.stop), i, deep_prompts=list(dp) or None,
-                                    deep_start=ti.deep_start, return_tokens=return_tokens)
+                                    deep_start=ti.deep_start, return_tokens=return_tokens, pad_tokens_to=length)
 
         args = (ti.token_ids[rows], *deep)
         outs.append(checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args))
@@ -213,8 +216,8 @@ def encode_text_chunked(clip: PromptedCLIP, ti, chunk: int, return_tokens: bool 
     eot = torch.cat([o.eot_index for o in outs])
     if not return_tokens:
         return TextOutput(features=feats, eot_index=eot)
-    length = max(o.tokens.shape[1] for o in outs)
-    toks = torch.cat([F.pad(o.tokens, (0, 0, 0, length - o.tokens.shape[1])) for o in outs])
+    toks = torch.cat([o.tokens for o in outs])
+    del outs
     return TextOutput(features=feats, tokens=toks, eot_index=eot)
 
 

@@ -376,6 +376,7 @@ class PromptedCLIP(nn.Module):
         return_tokens: bool = False,
         truncate: bool = True,
         hooks: Hooks = None,
+        pad_tokens_to: Optional[int] = None,
     ) -> TextOutput:
         """Encode prompt embeddings.
 
@@ -389,6 +390,7 @@ class PromptedCLIP(nn.Module):
             return_tokens: also return every position, projected.
             truncate: cut the sequence right after the longest EOT (exact under the causal mask, much faster).
             hooks: a :class:`BlockHook` or a list of them, applied around every block.
+            pad_tokens_to: with ``return_tokens``, zero-pad the (truncated) tokens to this many positions.
         """
         if prompt_embeds.dim() != 3 or token_ids.shape != prompt_embeds.shape[:2]:
             raise ValueError(
@@ -404,11 +406,8 @@ class PromptedCLIP(nn.Module):
 
         eot = self._pool_index(token_ids, length)
         x = prompt_embeds.to(dtype) + self.clip.positional_embedding[:length].to(dtype)
-        if truncate and self.clip.text_pool_type != "last":
-            # Under the causal mask no position attends to later ones, so dropping everything after the
-            # longest EOT leaves every kept position unchanged; keep the slots hooks replace anyway.
-            end = max([int(eot.max()) + 1] + [h.min_length for h in hook_list])
-            x = x[:, : min(end, length)]
+        if truncate:
+            x = x[:, : self._kept_length(eot, length, hook_list)]
         state = self._state("text", len(blocks), n_prompts, self.text_width, None)
         x = self._run_blocks(blocks, x, hook_list, state, getattr(transformer, "batch_first", True),
                              bool(getattr(transformer, "grad_checkpointing", False)), causal=True)
@@ -416,8 +415,26 @@ class PromptedCLIP(nn.Module):
         rows = torch.arange(n_prompts, device=x.device)
         if return_tokens:
             tokens = _project(x, self.clip.text_projection)
+            if pad_tokens_to is not None and tokens.shape[1] < pad_tokens_to:
+                tokens = F.pad(tokens, (0, 0, 0, pad_tokens_to - tokens.shape[1]))
             return TextOutput(features=tokens[rows, eot], tokens=tokens, eot_index=eot, aux=state.aux)
         return TextOutput(features=_project(x[rows, eot], self.clip.text_projection), eot_index=eot, aux=state.aux)
+
+    def _kept_length(self, eot: Tensor, length: int, hook_list: List[BlockHook]) -> int:
+        """Positions the truncated text pass keeps. Under the causal mask no position attends to later ones, so
+        dropping everything after the longest EOT leaves every kept position unchanged; the slots hooks replace are
+        kept anyway. (Last-token pooling keeps everything.)"""
+        if self.clip.text_pool_type == "last":
+            return length
+        return min(length, max([int(eot.max()) + 1] + [h.min_length for h in hook_list]))
+
+    def text_length(self, token_ids: Tensor, deep_prompts: DeepPrompts = None, deep_start: int = 1,
+                    hooks: Hooks = None) -> int:
+        """Positions :meth:`encode_text` keeps (``truncate=True``) for prompts ``token_ids [P, L]`` with these deep
+        prompts and hooks: a bound for any subset of the prompts."""
+        hook_list = self._deep_hook(deep_prompts, len(self.clip.transformer.resblocks), "text", deep_start)
+        return self._kept_length(self._pool_index(token_ids, token_ids.shape[1]), token_ids.shape[1],
+                                 hook_list + _as_list(hooks))
 
     def encode_text_ids(self, token_ids: Tensor) -> Tensor:
         """Stock text features ``[P, E]`` (zero-shot path) for ``token_ids [P, L]``."""

@@ -180,23 +180,26 @@ def _finite_or_raise(x: Tensor, name: str) -> None:
 
 
 class _GatherPieces(torch.autograd.Function):
-    """``x[order]`` cut into consecutive pieces of ``sizes`` rows: ``[sizes[i], *x.shape[1:]]`` each, separate
-    allocations. Backward writes every piece's gradient into one zero tensor of ``x``'s shape at its rows (autograd's
-    index_select + split would hold the concatenated gradient and two full-size scatter buffers at once)."""
+    """Text tokens ``x`` ``[C, N, L, D]`` of the classes ``order`` cut into consecutive pieces of ``sizes`` classes,
+    piece i trimmed to its ``lengths[i]`` first positions: ``[sizes[i], N, lengths[i], D]``, separate allocations.
+    Backward writes every piece's gradient into one zero tensor of ``x``'s shape (autograd's index_select + split
+    would hold the concatenated gradient and two full-size scatter buffers at once, and a gather per tile one
+    full-size buffer per tile)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, order: Tensor, sizes: List[int]) -> Tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(ctx, x: Tensor, order: Tensor, sizes: List[int], lengths: List[int]  # type: ignore[override]
+                ) -> Tuple[Tensor, ...]:
         ctx.save_for_backward(order)
-        ctx.sizes, ctx.shape = sizes, x.shape
-        return tuple(x.index_select(0, idx) for idx in order.split(sizes))
+        ctx.sizes, ctx.lengths, ctx.shape = sizes, lengths, x.shape
+        return tuple(x[:, :, :n].index_select(0, idx) for idx, n in zip(order.split(sizes), lengths))
 
     @staticmethod
-    def backward(ctx, *grads: Tensor) -> Tuple[Optional[Tensor], None, None]:  # type: ignore[override]
+    def backward(ctx, *grads: Tensor) -> Tuple[Optional[Tensor], None, None, None]:  # type: ignore[override]
         (order,) = ctx.saved_tensors
         g = grads[0].new_zeros(ctx.shape)
-        for idx, gp in zip(order.split(ctx.sizes), grads):
-            g.index_copy_(0, idx, gp)
-        return g, None, None
+        for idx, n, gp in zip(order.split(ctx.sizes), ctx.lengths, grads):
+            g[:, :, :n].index_copy_(0, idx, gp)
+        return g, None, None, None
 
 
 class _Fused(NamedTuple):
@@ -430,7 +433,8 @@ class HierarchicalOTHead(nn.Module):
             # of those would scatter its gradient into a zero tensor of the full [C, N, L, D] (or [B, M, P, D]) size,
             # once per tile, i.e. memory and time growing with C².
             sizes = [e - s for s, e in class_tiles]
-            txt_pieces: Sequence[Optional[Tensor]] = _GatherPieces.apply(txt_tokens, order, sizes)
+            lengths = [max(1, int(max(last_sorted[s:e]))) for s, e in class_tiles]
+            txt_pieces: Sequence[Optional[Tensor]] = _GatherPieces.apply(txt_tokens, order, sizes, lengths)
             mask_pieces: Sequence[Optional[Tensor]] = torch.split(txt_mask.index_select(0, order), sizes)
         else:
             txt_pieces = mask_pieces = [None] * len(class_tiles)
