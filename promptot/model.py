@@ -107,6 +107,9 @@ class PromptModel(nn.Module):
         if max_prompts < 1:
             raise ValueError(f"max_prompts must be >= 1, got {max_prompts}")
         n_img, n_cls = ctx.shape[0], prompts.n_cls
+        chunk = int(getattr(self, "text_chunk", 0) or 0)
+        if chunk and torch.is_grad_enabled():
+            return self._per_image_prompts_checkpointed(prompts, ctx, chunk)
         per_call = max(1, max_prompts // n_cls)
         ids = prompts.prompt_token_ids()
         out = []
@@ -115,6 +118,25 @@ class PromptModel(nn.Module):
             feats = self.clip.encode_text(prompts.build_per_image(chunk), ids.repeat(chunk.shape[0], 1)).features
             out.append(feats.reshape(chunk.shape[0], n_cls, -1))
         return torch.cat(out)
+
+    def _per_image_prompts_checkpointed(self, prompts: "TextPrompts", ctx: Tensor, chunk: int) -> Tensor:
+        """:meth:`encode_per_image_prompts` with ``MODEL.TEXT_CHUNK`` under autograd: ``chunk`` classes of one image
+        per call, each call recomputed in backward, so only one chunk's activations and the ``[B, C, E]`` outputs
+        are kept (memory flat in C and B)."""
+        ids = prompts.prompt_token_ids()
+        rows = []
+        for b in range(ctx.shape[0]):
+            cols = []
+            for c0 in range(0, prompts.n_cls, chunk):
+                classes = slice(c0, min(c0 + chunk, prompts.n_cls))
+
+                def run(ctx_b: Tensor, classes: slice = classes) -> Tensor:
+                    emb = prompts.build_per_image(ctx_b, classes)
+                    return self.clip.encode_text(emb, ids[classes]).features
+
+                cols.append(checkpoint(run, ctx[b:b + 1], use_reentrant=False))
+            rows.append(torch.cat(cols))
+        return torch.stack(rows)
 
     @staticmethod
     def per_class(x: Tensor, n_sets: int) -> Tensor:

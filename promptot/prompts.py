@@ -68,6 +68,24 @@ class TextInputs:
             return self.build_rows(start, stop)
         return self._embeds[start:stop]
 
+    @classmethod
+    def stack(cls, parts: Sequence["TextInputs"]) -> "TextInputs":
+        """Shallow prompt sets one after the other (rows of ``parts[0]``, then ``parts[1]``, ...), still built lazily
+        row range by row range: PLOT++'s N sets, each a :class:`TextPrompts` with its own template."""
+        if any(p.deep for p in parts):
+            raise ValueError("TextInputs.stack takes shallow prompts only")
+        bounds = [0]
+        for p in parts:
+            bounds.append(bounds[-1] + p.n_prompts)
+
+        def build_rows(start: int, stop: int) -> Tensor:
+            pieces = [p.rows(max(start, a) - a, min(stop, b) - a)
+                      for p, a, b in zip(parts, bounds, bounds[1:]) if max(start, a) < min(stop, b)]
+            return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+
+        return cls(None, torch.cat([p.token_ids for p in parts]), n_sets=sum(p.n_sets for p in parts),
+                   build_rows=build_rows)
+
 
 @dataclass
 class VisionInputs:
@@ -234,14 +252,16 @@ class TextPrompts(nn.Module):
             ctx = self.ctx
         return self._assemble(self._per_class(ctx))
 
-    def build_per_image(self, ctx: Tensor) -> Tensor:
-        """Prompt embeddings ``[B*C, L, D]``, image-major (row ``b*C + c``), for one generic context per image,
-        ``ctx [B, n_ctx (+ extra_slots), D]`` (CoCoOp's ``ctx + π_b``, CoPL's conditioned context)."""
+    def build_per_image(self, ctx: Tensor, classes: slice = slice(None)) -> Tensor:
+        """Prompt embeddings ``[B*Cs, L, D]``, image-major (row ``b*Cs + c``), for one generic context per image,
+        ``ctx [B, n_ctx (+ extra_slots), D]`` (CoCoOp's ``ctx + π_b``, CoPL's conditioned context), for the classes
+        ``classes`` (default all: Cs = C)."""
         if self.csc or self.n_sets != 1:
             raise ValueError("per-image contexts need one generic prompt set (no CSC, n_sets 1)")
         if ctx.dim() != 3:
             raise ValueError(f"per-image contexts must be [B, n_ctx, D], got {tuple(ctx.shape)}")
-        return self._assemble(ctx.unsqueeze(1).expand(-1, self.n_cls, -1, -1))
+        n = len(range(*classes.indices(self.n_cls)))
+        return self._assemble(ctx.unsqueeze(1).expand(-1, n, -1, -1), classes=classes)
 
     def build_rows(self, start: int, stop: int) -> Tensor:
         """Embeddings of the set-major prompts ``start .. stop-1`` of :meth:`build` (for ``self.ctx``), built alone."""

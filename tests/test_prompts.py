@@ -241,3 +241,40 @@ def test_cosine_model_keeps_hand_features_beside_the_learned_classifier(clip):
     assert "hand_text" not in with_hand.state_dict()
     with pytest.raises(ValueError, match="hand_text"):
         plain.hand_logits(plain.image_side(x))
+
+
+def test_stacked_text_inputs_build_any_row_range_like_the_eager_concatenation(clip):
+    """TextInputs.stack (PLOT++'s sets, one template each): every row range, including ranges across set boundaries,
+    equals the same rows of the concatenated eager embeddings, and gradients reach each set's context."""
+    from promptot.prompts import TextInputs
+
+    sets = [TextPrompts(clip, NAMES, n_ctx=2, ctx_init=init, init_mode="first")
+            for init in ("a photo of", "a sketch of", "a tattoo of")]
+    stacked = TextInputs.stack([t.text_inputs() for t in sets])
+    eager = torch.cat([t.build() for t in sets])
+    assert stacked.n_sets == 3 and stacked.n_prompts == 3 * len(NAMES)
+    assert torch.equal(stacked.token_ids, torch.cat([t.prompt_token_ids() for t in sets]))
+    C = len(NAMES)
+    for start, stop in [(0, 3 * C), (1, C + 1), (C - 1, 2 * C + 1), (2 * C, 3 * C), (C, C + 1)]:
+        assert torch.equal(stacked.rows(start, stop), eager[start:stop]), (start, stop)
+    stacked.rows(C - 1, 2 * C + 1).sum().backward()
+    assert all(t.ctx.grad is not None and t.ctx.grad.abs().sum() > 0 for t in sets)
+
+
+def test_per_image_prompts_checkpointed_in_class_chunks_equal_the_batched_pass(clip):
+    """CoCoOp's / CoPL's image-conditioned prompts with MODEL.TEXT_CHUNK: chunks of classes per image, recomputed in
+    backward; features and the context's gradient equal the batched pass."""
+    tp = TextPrompts(clip, NAMES, n_ctx=2, ctx_init="a photo of", init_mode="first")
+    model = CosineModel(clip, tp)
+    base = torch.randn(3, 2, tp.ctx.shape[-1], generator=torch.Generator().manual_seed(0))
+    outs = []
+    for chunk in (0, 2):
+        model.text_chunk = chunk
+        ctx = (base * 0.1).requires_grad_(True)
+        feats = model.encode_per_image_prompts(tp, ctx)
+        (feats * torch.arange(feats.numel()).reshape(feats.shape).cos()).sum().backward()
+        outs.append((feats.detach(), ctx.grad))
+    assert outs[0][0].shape == (3, len(NAMES), clip.embed_dim)
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[1][1], outs[0][1], atol=1e-5, rtol=1e-5)
+    assert outs[0][1].abs().sum() > 0

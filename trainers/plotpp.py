@@ -82,9 +82,9 @@ class PLOTPPPromptLearner(nn.Module):
         self.visual_ctx = nn.Parameter(vis)
 
     def text_inputs(self) -> TextInputs:
-        """Set-major prompts: embeddings ``[N*C, L, Dt]`` and token ids ``[N*C, L]``."""
-        embeds, ids = zip(*(t() for t in self.text))
-        return TextInputs(torch.cat(embeds), torch.cat(ids), n_sets=len(self.text))
+        """Set-major prompts ``[N*C, L, Dt]`` / token ids ``[N*C, L]``, built lazily (a chunked text pass builds one
+        chunk of prompts at a time)."""
+        return TextInputs.stack([t.text_inputs() for t in self.text])
 
     def vision_inputs(self) -> VisionInputs:
         return VisionInputs(self.visual_ctx, n_views=self.visual_ctx.shape[0])
