@@ -100,6 +100,20 @@ def base_args(toy_root: Path, out_dir: Path, trainer: str, config: str, clip_pat
             "--output-dir", str(out_dir), "--seed", str(seed)]
 
 
+def resolved_reference_config(toy_root: Path, out_dir: Path, name: str):
+    """``configs/trainers/<name>.yaml`` (name ``"<Trainer>/<file>"``) as ``train.py`` reads it: the yacs config and the
+    trainer's typed config."""
+    import train
+    import trainers  # noqa: F401  (registers the trainers)
+    from promptot.config import resolve
+    from promptot.engine import TRAINER_REGISTRY
+
+    trainer = name.split("/")[0]
+    argv = base_args(toy_root, out_dir, trainer, f"configs/trainers/{name}.yaml", "")
+    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
+    return cfg, resolve(cfg, TRAINER_REGISTRY.get(trainer).config_class)
+
+
 @pytest.fixture(autouse=True)
 def _no_network_env(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

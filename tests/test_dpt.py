@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
-from conftest import ROOT, base_args, build_registered, check_one_training_step, run_cli, tiny_opts
+from conftest import (ROOT, base_args, build_registered, check_one_training_step, resolved_reference_config,
+                      run_cli, tiny_opts)
 from promptot.class_prompts import AUX_KEY, ClassAwarePrompts, class_aware_loss, top_classes
 from promptot.clip import PromptedCLIP, build_tiny_clip, save_openai_state_dict
 
@@ -463,15 +463,7 @@ SPEC = {  # config -> (OPTIM.LR, MAX_EPOCH, WARMUP_EPOCH, typed keys)
 
 @pytest.mark.parametrize("name", sorted(SPEC))
 def test_reference_configs_resolve_to_the_spec(name, toy_root, tmp_path):
-    from promptot.config import resolve
-    from promptot.engine import TRAINER_REGISTRY
-
-    import trainers  # noqa: F401
-
-    trainer = name.split("/")[0]
-    argv = base_args(toy_root, tmp_path, trainer, f"configs/trainers/{name}.yaml", "")
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
-    c = resolve(cfg, TRAINER_REGISTRY.get(trainer).config_class)
+    cfg, c = resolved_reference_config(toy_root, tmp_path, name)
     lr, epochs, warm, keys = SPEC[name]
     assert (cfg.OPTIM.NAME, cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH, cfg.OPTIM.WARMUP_EPOCH) == ("sgd", lr, epochs, warm)
     assert (cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.DATALOADER.TEST.BATCH_SIZE, cfg.OPTIM.WARMUP_CONS_LR) == (32, 50, 1e-5)

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-import train
-from conftest import ROOT, base_args, build_registered, check_one_training_step, run_cli, tiny_opts
+from conftest import (ROOT, base_args, build_registered, check_one_training_step, resolved_reference_config,
+                      run_cli, tiny_opts)
 from promptot.averaging import ParameterAverage, gaussian_epoch_weights
 from promptot.clip import PromptedCLIP, build_tiny_clip, save_openai_state_dict
 from promptot.errors import ConfigError, UserError
@@ -207,16 +207,7 @@ SPEC = {  # baselines.md §5 (and the PromptSRC repository's configs): LR, epoch
 
 @pytest.mark.parametrize("name", sorted(SPEC))
 def test_reference_configs_resolve_to_the_spec(name, toy_root, tmp_path):
-    from promptot.config import resolve
-
-    trainer = name.split("/")[0]
-    argv = base_args(toy_root, tmp_path, trainer, f"configs/trainers/{name}.yaml", "")
-    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
-    import trainers  # noqa: F401
-
-    from promptot.engine import TRAINER_REGISTRY
-
-    c = resolve(cfg, TRAINER_REGISTRY.get(trainer).config_class)
+    cfg, c = resolved_reference_config(toy_root, tmp_path, name)
     lr, epochs, keys = SPEC[name]
     assert (cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH, cfg.DATALOADER.TRAIN_X.BATCH_SIZE) == (lr, epochs, 4)
     assert cfg.MODEL.BACKBONE.NAME == "ViT-B/16" and c.PREC == "fp16" and c.CTX_INIT == "a photo of a"
