@@ -1,14 +1,10 @@
 """Dataset names across check/download/list and the config files; download sources (local HTTP server only)."""
 import glob
 import hashlib
-import io
 import json
 import os
-import tarfile
-import zipfile
 
 import pytest
-from PIL import Image
 
 import promptot.datasets.download as dl
 from promptot.datasets import BUILTIN_CLASSES, DescribableTextures, EuroSAT
@@ -17,33 +13,16 @@ from promptot.datasets.download import Resource, Source
 from promptot.datasets.names import CONFIG_STEMS, UnknownDatasetError, _key, resolve_name
 from promptot.errors import UserError
 
-from test_datasets_download import Server
+from test_datasets_download import Server, jpeg_bytes, make_tar, make_zip
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "datasets")
 
 
 def jpeg(color=(1, 2, 3)):
-    buf = io.BytesIO()
-    Image.new("RGB", (4, 4), color).save(buf, format="JPEG")
-    return buf.getvalue()
+    return jpeg_bytes(color)
 
 
-def tar_gz(files):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def zip_bytes(files):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
+tar_gz, zip_bytes = make_tar, make_zip
 
 
 def split_json(prefix_by_class):
