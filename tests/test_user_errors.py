@@ -4,12 +4,16 @@ fails ``test_every_user_error_has_a_trigger``."""
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import pkgutil
+import runpy
 import shutil
 import subprocess
 import sys
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 
@@ -60,9 +64,7 @@ def cli(toy_root, tmp_path, clip, *extra, config=COOP, trainer="CoOp", root=None
 
 
 def datasets_cli(*args: str, env=None):
-    r = subprocess.run([sys.executable, "-m", "promptot.datasets", *args], capture_output=True, text=True,
-                       cwd=str(ROOT), env=env, timeout=120)
-    return r.returncode, r.stderr
+    return _module_cli("promptot.datasets", *args, env=env)
 
 
 def trained_run(toy_root, tmp_path, clip, extra=()):
@@ -186,9 +188,28 @@ def t_locked(toy_root, tmp_path, clip):
 
 # exception name -> (trigger, a phrase the message must contain)
 def _module_cli(module: str, *args: str, env=None):
-    r = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=str(ROOT),
-                       env=env, timeout=300)
-    return r.returncode, r.stderr
+    """``python -m module args`` run in-process (its ``__main__`` through runpy, as ``-m`` does; a subprocess per
+    trigger spent most of its time importing torch): (exit code, stderr)."""
+    err = io.StringIO()
+    saved_argv, saved_env, saved_cwd = sys.argv, dict(os.environ), os.getcwd()
+    sys.argv = [module, *args]
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    os.chdir(ROOT)
+    code = 0
+    try:
+        with warnings.catch_warnings(), redirect_stderr(err), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the package is already imported
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+    return code, err.getvalue()
 
 
 def t_protocol(toy_root, tmp_path, clip):
