@@ -116,13 +116,11 @@ def setup_cfg(args):
     return cfg
 
 
-def main(args) -> None:
-    cfg = setup_cfg(args)
-    import torch
-
+def check_names(cfg) -> None:
+    """The trainer and the dataset the config names must be registered (the trainer may also come from a
+    ``TRAINER.NAME`` option, which yacs applies after ``--trainer``): a UserError that lists the registered names."""
     import promptot.datasets as promptot_datasets
     import trainers
-    from promptot.config import config_hash
 
     names = engine.TRAINER_REGISTRY.registered_names()
     if cfg.TRAINER.NAME not in names:
@@ -139,6 +137,15 @@ def main(args) -> None:
         raise UserError(unknown_name_message("dataset", cfg.DATASET.NAME or "(none)", ours,
                                              hint="Pass --dataset-config-file configs/datasets/<name>.yaml, or "
                                                   "register your own class in a module under datasets/."))
+
+
+def main(args) -> None:
+    cfg = setup_cfg(args)
+    import torch
+
+    from promptot.config import config_hash
+
+    check_names(cfg)
     if not cfg.DATASET.ROOT:
         raise UserError("No dataset root: pass --root DATA (the folder that holds the datasets; the Fashion-MNIST "
                         "datasets are written there on first use). It must not be left empty, so that no dataset is "

@@ -65,6 +65,7 @@ def test_random_overrides_resolve_or_fail_cleanly(trainer, overrides, tmp_path_f
         return  # argparse itself refused (e.g. a value that looks like a flag): a usage message, not a traceback
     try:
         cfg = train.setup_cfg(args)
+        train.check_names(cfg)  # as main(): TRAINER.NAME "" once reached the registry's KeyError here
         validate_config(cfg, train.engine.TRAINER_REGISTRY.get(cfg.TRAINER.NAME))
     except UserError:
         pass

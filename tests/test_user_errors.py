@@ -283,3 +283,10 @@ def test_a_number_as_dataset_name_is_a_user_error(toy_root, tmp_path, tiny_vit_p
     """yacs lets ``DATASET.NAME None DATASET.NAME 1`` through as the number 1 (found by test_config_property)."""
     code, _, err = cli(toy_root, tmp_path, tiny_vit_path, "DATASET.NAME", "None", "DATASET.NAME", "1")
     assert "DATASET.NAME must be a dataset name, got 1" in one_paragraph(code, err)
+
+
+def test_an_empty_trainer_name_option_is_a_user_error(toy_root, tmp_path, tiny_vit_path):
+    """``TRAINER.NAME ""`` after ``--trainer CoOp`` (yacs applies the options last; found by test_config_property)."""
+    code, _, err = cli(toy_root, tmp_path, tiny_vit_path, "TRAINER.NAME", "")
+    msg = one_paragraph(code, err)
+    assert "pass --trainer" in msg and "CoOp" in msg, msg
