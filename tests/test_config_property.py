@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
 
 import train  # noqa: E402
 from promptot.config import validate_config  # noqa: E402
@@ -54,6 +54,9 @@ keys = st.one_of(st.sampled_from(CHECKED), st.sampled_from(CHECKED), st.sampled_
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(trainer=st.sampled_from(TRAINERS), overrides=st.lists(st.tuples(keys, values), max_size=4))
+# cases random runs found once, kept so that every run checks them
+@example(trainer="CoOp", overrides=[("DATASET.NAME", "None"), ("DATASET.NAME", "1")])
+@example(trainer="CoOp", overrides=[("TRAINER.NAME", "")])
 def test_random_overrides_resolve_or_fail_cleanly(trainer, overrides, tmp_path_factory):
     opts = [x for kv in overrides for x in kv]
     argv = ["--root", "/nonexistent/data", "--trainer", trainer, "--config-file",
