@@ -100,6 +100,18 @@ def base_args(toy_root: Path, out_dir: Path, trainer: str, config: str, clip_pat
             "--output-dir", str(out_dir), "--seed", str(seed)]
 
 
+def base_then_new(build, tmp_path: Path):
+    """Base-to-new in one test: ``build(out_dir, extra)`` a trainer on the base classes, train one step, save; build one
+    on the new classes and load the saved prompts. Returns ``(base, new)``."""
+    base = build(tmp_path / "base", ["DATASET.SUBSAMPLE_CLASSES", "base"])
+    check_one_training_step(base)
+    base.save_model(0, str(tmp_path / "ck"))
+    new = build(tmp_path / "new", ["DATASET.SUBSAMPLE_CLASSES", "new"])
+    assert set(new.classnames).isdisjoint(base.classnames)
+    new.load_model(str(tmp_path / "ck"), epoch=1)
+    return base, new
+
+
 def resolved_reference_config(toy_root: Path, out_dir: Path, name: str):
     """``configs/trainers/<name>.yaml`` (name ``"<Trainer>/<file>"``) as ``train.py`` reads it: the yacs config and the
     trainer's typed config."""

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (ROOT, base_args, build_registered, check_one_training_step, resolved_reference_config,
-                      run_cli, tiny_opts)
+from conftest import (ROOT, base_args, base_then_new, build_registered, check_one_training_step,
+                      resolved_reference_config, run_cli, tiny_opts)
 from promptot.class_prompts import AUX_KEY, ClassAwarePrompts, class_aware_loss, top_classes
 from promptot.clip import PromptedCLIP, build_tiny_clip, save_openai_state_dict
 
@@ -377,12 +377,7 @@ def test_evaluation_batches_two_vit_passes_and_caches_text(toy_root, tmp_path, t
 def test_prompts_load_into_another_class_set(trainer, toy_root, tmp_path, tiny_vit_path):
     """Base-to-new: everything but DPT's auxiliary classifiers loads into a run on other classes; they are dropped
     (the new run keeps its own, unused at inference)."""
-    base = build(trainer, toy_root, tmp_path / "base", tiny_vit_path, extra=["DATASET.SUBSAMPLE_CLASSES", "base"])
-    check_one_training_step(base)
-    base.save_model(0, str(tmp_path / "ck"))
-    new = build(trainer, toy_root, tmp_path / "new", tiny_vit_path, extra=["DATASET.SUBSAMPLE_CLASSES", "new"])
-    assert set(new.classnames).isdisjoint(base.classnames)
-    new.load_model(str(tmp_path / "ck"), epoch=1)
+    base, new = base_then_new(lambda out, extra: build(trainer, toy_root, out, tiny_vit_path, extra=extra), tmp_path)
     for name, p in base.learnable_parameters():
         q = dict(new.learnable_parameters())[name]
         assert torch.equal(p, q) != ("classifier" in name), name

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import (ROOT, base_args, build_registered, check_one_training_step, resolved_reference_config,
-                      run_cli, tiny_opts)
+from conftest import (ROOT, base_args, base_then_new, build_registered, check_one_training_step,
+                      resolved_reference_config, run_cli, tiny_opts)
 from promptot.averaging import ParameterAverage, gaussian_epoch_weights
 from promptot.clip import PromptedCLIP, build_tiny_clip, save_openai_state_dict
 from promptot.errors import ConfigError, UserError
@@ -232,12 +232,8 @@ def test_bad_values_are_one_paragraph_errors(trainer, values, words, toy_root, t
 @pytest.mark.parametrize("trainer", list(NODES))
 def test_prompts_load_into_another_class_set(trainer, toy_root, tmp_path, tiny_vit_path):
     """Base-to-new: prompts trained on the base classes load unchanged into a run on the new classes."""
-    base = build_registered(trainer, toy_root, tmp_path / "base", tiny_vit_path, extra=["DATASET.SUBSAMPLE_CLASSES", "base"])
-    check_one_training_step(base)
-    base.save_model(0, str(tmp_path / "ck"))
-    new = build_registered(trainer, toy_root, tmp_path / "new", tiny_vit_path, extra=["DATASET.SUBSAMPLE_CLASSES", "new"])
-    assert set(new.classnames).isdisjoint(base.classnames)
-    new.load_model(str(tmp_path / "ck"), epoch=1)
+    base, new = base_then_new(
+        lambda out, extra: build_registered(trainer, toy_root, out, tiny_vit_path, extra=extra), tmp_path)
     for (n, p), (_, q) in zip(base.model.prompt_learner.named_parameters(), new.model.prompt_learner.named_parameters()):
         assert torch.equal(p, q), n
 
