@@ -239,13 +239,18 @@ class _Timers:
     """Accumulated wall time per named region, by wrapping methods (CUDA synchronised around each call)."""
 
     def __init__(self, device: str) -> None:
-        self.device, self.t, self._undo = device, {}, []
+        self.device, self.t, self._undo, self._depth = device, {}, [], {}
 
     def wrap(self, owner: Any, attr: str, name: str) -> None:
+        """Time ``owner.attr`` under ``name``; calls nested in another call of the same name count once."""
         orig = getattr(owner, attr)
         timers = self
 
         def wrapped(*a: Any, **k: Any) -> Any:
+            depth = timers._depth.get(name, 0)
+            if depth:
+                return orig(*a, **k)
+            timers._depth[name] = 1
             sync(timers.device)
             t0 = time.perf_counter()
             try:
@@ -253,6 +258,7 @@ class _Timers:
             finally:
                 sync(timers.device)
                 timers.t[name] = timers.t.get(name, 0.0) + time.perf_counter() - t0
+                timers._depth[name] = 0
 
         setattr(owner, attr, wrapped)
         self._undo.append((owner, attr, orig))
@@ -298,6 +304,7 @@ def bench_throughput(device: str, steps: int = 5, only: Optional[List[str]] = No
             timers.wrap(PromptedCLIP, "encode_image", "image_tower")
             timers.wrap(PromptedCLIP, "encode_text", "text_tower")
             timers.wrap(HierarchicalOTHead, "forward", "ot_head")
+            timers.wrap(HierarchicalOTHead, "token_term", "ot_head")  # ALIGN runs the token level before forward
             timers.wrap(PromptTrainer, "model_backward", "backward")
             timers.wrap(PromptTrainer, "model_update", "optimizer")
             try:

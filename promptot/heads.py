@@ -2,15 +2,16 @@
 model (the OT numerics live in :mod:`promptot.ot`)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from .errors import ConfigError
-from .model import ModelOutput, PromptModel
-from .ot import HierarchicalOTHead, OTHeadConfig
+from .model import ClassText, ModelOutput, PromptModel
+from .ot import HierarchicalOTHead, OTHeadConfig, TokenPieces, TokenTerm
 
 
 def cosine_logits(scale: Tensor, img: Tensor, txt: Tensor) -> Tensor:
@@ -49,3 +50,32 @@ class OTPromptModel(PromptModel):
         if self.training:
             out["plan_ent"] = diag["plan_entropy"]
         return ModelOutput(logits, diagnostics=out)
+
+    def ot_by_class(self, img_global: Tensor, img_tokens: Tensor, text: ClassText) -> ModelOutput:
+        """:meth:`ot` with the text side class chunk by class chunk (``img_tokens [B, M, P, D]``, ``text`` from
+        :meth:`~promptot.model.PromptModel.encode_text_by_class`). A chunk not encoded yet (a lazy text side, under
+        autograd) runs its text pass and its token-level OT in one checkpoint: only its features ``[Cc, N, E]`` and
+        token term ``[B, Cc, M, N]`` are kept, backward recomputes the chunk, and training memory holds no
+        ``[C, N, L, E]`` text tokens nor any per-class token state, whatever C. (The Sinkhorn loops run twice, as
+        with tile checkpointing: once forward, once in the recomputation.)"""
+        feats, terms = [], []
+        for ch in text.chunks:
+            if not self.head.uses_tokens:
+                feats.append(ch.encode()[0])
+                continue
+            order = torch.arange(len(ch.classes), device=img_tokens.device)  # length-sorted already: tiles are views
+
+            def run(img_tokens: Tensor, ch=ch, order=order) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                f, t = ch.encode() if ch.value is not None else ch.run()
+                tt = self.head.token_term(img_tokens, TokenPieces([t], [ch.mask], order),
+                                          checkpoint_tiles=ch.value is not None)
+                return f, tt.term, tt.iters, tt.errs
+
+            fused = ch.value is None and torch.is_grad_enabled()
+            f, term, iters, errs = checkpoint(run, img_tokens, use_reentrant=False) if fused else run(img_tokens)
+            feats.append(f)
+            terms.append(TokenTerm(term, iters, errs))
+        inv = torch.empty_like(text.order)
+        inv[text.order] = torch.arange(text.order.numel(), device=text.order.device)
+        glob = torch.cat(feats).index_select(0, inv.to(feats[0].device))
+        return self.ot(img_global, glob, token_term=TokenTerm.cat(terms, text.order) if terms else None)

@@ -20,7 +20,7 @@ per image, B×C prompts in bounded chunks: CoCoOp, CoPL), :class:`CosineModel` i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,8 @@ from .clip import AppendTokensHook, BlockHook, PromptedCLIP, TextOutput, VisionO
 if TYPE_CHECKING:  # prompts.py builds on the CLIP wrapper only; no runtime import needed here
     from .prompts import TextPrompts
 
-__all__ = ["ModelOutput", "PromptModel", "CosineModel", "template_features"]
+__all__ = ["ModelOutput", "PromptModel", "CosineModel", "ClassText", "ClassChunk", "encode_text_by_class",
+           "template_features"]
 
 
 @dataclass
@@ -94,8 +95,19 @@ class PromptModel(nn.Module):
         chunk = int(getattr(self, "text_chunk", 0) or 0)
         if chunk and ti.n_prompts > chunk and not hooks:
             return encode_text_chunked(self.clip, ti, chunk, return_tokens)
-        return self.clip.encode_text(ti.embeds, ti.token_ids, deep_prompts=ti.deep or None, deep_start=ti.deep_start,
-                                     return_tokens=return_tokens, hooks=hooks)
+        return self.clip.encode_text(ti.embeds, ti.token_ids, deep_prompts=ti.deep_for(slice(None)) or None,
+                                     deep_start=ti.deep_start, return_tokens=return_tokens, hooks=hooks)
+
+    def encode_text_by_class(self, token_mask: Callable[[int], Tensor], lazy: bool = False) -> "ClassText":
+        """The learner's ``N*C`` prompts through the text tower class chunk by class chunk, for token-level OT
+        (:func:`encode_text_by_class`; ``token_mask(L)``: the ``[C, L]`` token-set mask). ``MODEL.TEXT_CHUNK``
+        prompts (whole classes, at least one class) per chunk; all classes in one chunk without it."""
+        ti = self.prompt_learner.text_inputs() if self.prompt_learner is not None else None
+        if ti is None:
+            raise ValueError(f"{type(self).__name__}: the prompt learner has no text prompts")
+        chunk = int(getattr(self, "text_chunk", 0) or 0)
+        return encode_text_by_class(self.clip, ti, max(1, chunk // ti.n_sets) if chunk else ti.n_cls, token_mask,
+                                    lazy)
 
     def encode_per_image_prompts(self, prompts: "TextPrompts", ctx: Tensor, max_prompts: int = 2048) -> Tensor:
         """Class features ``[B, C, E]`` (not normalised) of image-conditioned prompts: image b's C prompts carry the
@@ -224,16 +236,15 @@ def encode_text_chunked(clip: PromptedCLIP, ti, chunk: int, return_tokens: bool 
     outs = []
     for s in range(0, n, chunk):
         rows = slice(s, min(s + chunk, n))
-        deep = [d[rows] if d is not None and d.shape[0] == n else d for d in ti.deep]
 
-        def run(i: Tensor, *dp: Tensor, rows: slice = rows) -> TextOutput:
-            # the chunk's embeddings are built inside (and rebuilt in backward) from the learnable context, so the
-            # prompts of only one chunk are ever alive
-            return clip.encode_text(ti.rows(rows.start, rows.stop), i, deep_prompts=list(dp) or None,
+        def run(i: Tensor, rows: slice = rows) -> TextOutput:
+            # the chunk's embeddings and deep prompts are built inside (and rebuilt in backward) from the learnable
+            # parameters, so the prompts of only one chunk are ever alive
+            return clip.encode_text(ti.rows(rows.start, rows.stop), i, deep_prompts=ti.deep_for(rows) or None,
                                     deep_start=ti.deep_start, return_tokens=return_tokens, pad_tokens_to=length)
 
-        args = (ti.token_ids[rows], *deep)
-        outs.append(checkpoint(run, *args, use_reentrant=False) if torch.is_grad_enabled() else run(*args))
+        ids = ti.ids_for(rows)
+        outs.append(checkpoint(run, ids, use_reentrant=False) if torch.is_grad_enabled() else run(ids))
     feats = torch.cat([o.features for o in outs])
     eot = torch.cat([o.eot_index for o in outs])
     if not return_tokens:
@@ -241,6 +252,79 @@ def encode_text_chunked(clip: PromptedCLIP, ti, chunk: int, return_tokens: bool 
     toks = torch.cat([o.tokens for o in outs])
     del outs
     return TextOutput(features=feats, tokens=toks, eot_index=eot)
+
+
+@dataclass
+class ClassChunk:
+    """Some classes of a :class:`ClassText`: ``classes [Cc]`` (class indices), ``mask [Cc, 1, Lc]`` (True = a
+    position of the class's token set), and their ``(features [Cc, N, E], tokens [Cc, N, Lc, E])``: ``value`` when
+    encoded already, else computed by ``run()`` (the plain text pass: no checkpointing, the caller decides)."""
+
+    classes: Tensor
+    mask: Tensor
+    run: Callable[[], Tuple[Tensor, Tensor]]
+    value: Optional[Tuple[Tensor, Tensor]] = None
+
+    def encode(self) -> Tuple[Tensor, Tensor]:
+        """``value``, or the text pass now (checkpointed under autograd)."""
+        if self.value is not None:
+            return self.value
+        return checkpoint(self.run, use_reentrant=False) if torch.is_grad_enabled() else self.run()
+
+
+@dataclass
+class ClassText:
+    """The text side of a token-level OT model, class chunk by class chunk (:func:`encode_text_by_class`): chunks of
+    length-sorted classes; ``order`` ``[C]``: the classes of the chunks, one after the other."""
+
+    chunks: List[ClassChunk]
+    order: Tensor
+
+
+def encode_text_by_class(clip: PromptedCLIP, ti, classes_per_chunk: int, token_mask: Callable[[int], Tensor],
+                         lazy: bool = False) -> ClassText:
+    """Features and token sets of the ``N*C`` set-major prompts of ``ti`` for token-level OT, class chunk by class
+    chunk (:class:`ClassText`).
+
+    Classes are sorted by the positions the text pass keeps for them (their longest prompt) and encoded
+    ``classes_per_chunk`` at a time, all N prompts of a class together, each chunk cut after its own longest EOT: a
+    chunk's tokens ``[Cc, N, Lc, E]`` hold only its own positions. ``lazy``: nothing is encoded yet, the caller runs
+    each chunk (:class:`ClassChunk`), e.g. inside one checkpoint with the chunk's token-level OT so that no
+    ``[C, N, L, E]`` token tensor is ever alive; otherwise every chunk is encoded now (a cached text side), each
+    chunk checkpointed under autograd.
+    ``token_mask(L)``: ``[C, L]`` bool, True on the positions of a class's token set (for every prompt of the class);
+    it must be False from the class's kept length on."""
+    n_sets, n_cls = ti.n_sets, ti.n_cls
+    ids = ti.token_ids
+    kept = clip.text_lengths(ids, ti.deep, ti.deep_start).view(n_sets, n_cls).amax(0)  # [C]
+    del ids
+    length = int(kept.max())
+    mask = token_mask(length)
+    if mask.shape != (n_cls, length):
+        raise ValueError(f"token_mask({length}) must be [C, L] = [{n_cls}, {length}], got {tuple(mask.shape)}")
+    late = mask & (torch.arange(length, device=mask.device) >= kept.to(mask.device)[:, None])
+    if bool(late.any()):
+        c = int(late.any(1).nonzero()[0])
+        raise ValueError(f"token_mask marks position {int(late[c].nonzero()[0])} of class {c} as a real token, but the "
+                         f"text pass keeps only its first {int(kept[c])} positions (up to its EOT)")
+    order = torch.argsort(kept, stable=True)
+    sets = torch.arange(n_sets, device=order.device)[:, None] * n_cls
+    chunks = []
+    for idx in order.split(classes_per_chunk):
+        rows = (sets + idx[None]).reshape(-1)  # set-major within the chunk: row k*Cc + j
+
+        def run(rows: Tensor = rows, cc: int = len(idx)) -> Tuple[Tensor, Tensor]:
+            out = clip.encode_text(ti.select(rows), ti.ids_for(rows), deep_prompts=ti.deep_for(rows) or None,
+                                   deep_start=ti.deep_start, return_tokens=True)
+            t = out.tokens
+            return (out.features.view(n_sets, cc, -1).transpose(0, 1),
+                    t.view(n_sets, cc, *t.shape[1:]).transpose(0, 1).contiguous())
+
+        chunk = ClassChunk(idx, mask[idx.to(mask.device), :int(kept[idx].max())].unsqueeze(1), run)
+        if not lazy:
+            chunk.value = chunk.encode()
+        chunks.append(chunk)
+    return ClassText(chunks, order)
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -38,23 +38,62 @@ class TextInputs:
     """Inputs of the text tower for ``n_sets * C`` prompts, laid out set-major (row ``k * C + c``).
 
     embeds: ``[N*C, L, Dt]`` prompt embeddings — given, or built on first access by ``build_rows`` (which also builds
-    any row range alone, so that a chunked text pass never materialises every prompt: :meth:`rows`);
-    token_ids: ``[N*C, L]``; deep: deep prompts of blocks 1.. (entries ``[N*C, n, Dt]`` or ``[1, n, Dt]`` broadcast
-    over prompts, or None); deep_start: first replaced position.
+    any row range alone, so that a chunked text pass never materialises every prompt: :meth:`rows`; ``build_index``
+    builds any set of rows: :meth:`select`); token_ids: ``[N*C, L]``, or ``[C, L]`` shared by the sets with
+    ``ids_repeat = N`` (row ``r`` then uses ``token_ids[r % C]``: :attr:`token_ids` materialises the rows only when
+    asked); deep: deep prompts of blocks 1.. (entries ``[N*C, n, Dt]`` per prompt, ``[N, n, Dt]`` per set, ``[1, n,
+    Dt]`` broadcast over prompts, or None; :meth:`deep_for` gives any rows' entries); deep_start: first replaced
+    position.
     """
 
     def __init__(self, embeds: Optional[Tensor], token_ids: Tensor, n_sets: int = 1,
                  deep: Optional[List[Optional[Tensor]]] = None, deep_start: int = 1,
-                 build_rows: Optional[Callable[[int, int], Tensor]] = None) -> None:
+                 build_rows: Optional[Callable[[int, int], Tensor]] = None,
+                 build_index: Optional[Callable[[Tensor], Tensor]] = None, ids_repeat: int = 1) -> None:
         if embeds is None and build_rows is None:
             raise ValueError("TextInputs needs the embeddings or a build_rows function")
-        self._embeds, self.token_ids, self.n_sets = embeds, token_ids, n_sets
+        self._embeds, self._ids, self._ids_repeat, self.n_sets = embeds, token_ids, ids_repeat, n_sets
         self.deep = list(deep) if deep is not None else []
-        self.deep_start, self.build_rows = deep_start, build_rows
+        self.deep_start, self.build_rows, self.build_index = deep_start, build_rows, build_index
+        for d in self.deep:
+            if d is not None and d.shape[0] not in (1, n_sets, self.n_prompts):
+                raise ValueError(f"a deep text prompt of shape {tuple(d.shape)} is neither per prompt "
+                                 f"({self.n_prompts}), per set ({n_sets}) nor broadcast (1)")
 
     @property
     def n_prompts(self) -> int:
-        return int(self.token_ids.shape[0])
+        return int(self._ids.shape[0]) * self._ids_repeat
+
+    @property
+    def n_cls(self) -> int:
+        """C: prompts per set."""
+        return self.n_prompts // self.n_sets
+
+    @property
+    def token_ids(self) -> Tensor:
+        """``[N*C, L]`` token ids of every prompt (built on each access when shared by the sets: not kept alive)."""
+        return self._ids if self._ids_repeat == 1 else self._ids.repeat(self._ids_repeat, 1)
+
+    def ids_for(self, rows: Union[slice, Tensor]) -> Tensor:
+        """Token ids ``[R, L]`` of the prompts ``rows`` (a slice or a LongTensor of row indices)."""
+        if self._ids_repeat == 1:
+            return self._ids[rows]
+        return self._ids[self._row_index(rows) % self._ids.shape[0]]
+
+    def _row_index(self, rows: Union[slice, Tensor]) -> Tensor:
+        return torch.arange(self.n_prompts, device=self._ids.device)[rows] if isinstance(rows, slice) else rows
+
+    def deep_for(self, rows: Union[slice, Tensor]) -> List[Optional[Tensor]]:
+        """Deep prompt entries for the prompts ``rows``: ``[R, n, Dt]`` (broadcast entries and None as they are)."""
+        out: List[Optional[Tensor]] = []
+        for d in self.deep:
+            if d is None or d.shape[0] == 1:
+                out.append(d)
+            elif d.shape[0] == self.n_prompts:
+                out.append(d[rows])
+            else:  # per set: row k*C + c uses set k
+                out.append(d[self._row_index(rows) // self.n_cls])
+        return out
 
     @property
     def embeds(self) -> Tensor:
@@ -67,6 +106,13 @@ class TextInputs:
         if self._embeds is None:
             return self.build_rows(start, stop)
         return self._embeds[start:stop]
+
+    def select(self, rows: Tensor) -> Tensor:
+        """Embeddings ``[R, L, Dt]`` of the prompts ``rows`` (LongTensor ``[R]``), built alone when ``build_index``
+        is known."""
+        if self._embeds is None and self.build_index is not None:
+            return self.build_index(rows)
+        return self.embeds.index_select(0, rows)
 
     @classmethod
     def stack(cls, parts: Sequence["TextInputs"]) -> "TextInputs":
@@ -274,7 +320,16 @@ class TextPrompts(nn.Module):
             parts.append(self._assemble(ctx[k:k + 1, c0:c1], classes=slice(c0, c1)))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def _assemble(self, ctx: Tensor, classes: slice = slice(None)) -> Tensor:
+    def build_index(self, rows: Tensor) -> Tensor:
+        """Embeddings ``[R, L, D]`` of the set-major prompts ``rows`` (LongTensor ``[R]`` of row indices of
+        :meth:`build`, any order) for ``self.ctx``, built alone."""
+        if self.extra_slots:
+            raise ValueError(f"these prompts have {self.extra_slots} extra slots: build them with a context")
+        cls = rows % self.n_cls
+        ctx = self._per_class(self.ctx)[rows // self.n_cls, cls]  # [R, n_ctx, D]
+        return self._assemble(ctx.unsqueeze(0), classes=cls)
+
+    def _assemble(self, ctx: Tensor, classes: Union[slice, Tensor] = slice(None)) -> Tensor:
         """``ctx [S, Cs, n, D]`` between the frozen prefix and suffix of ``classes`` -> ``[S*Cs, L, D]`` (row
         ``s*Cs + c``)."""
         n_slots = self.n_ctx + self.extra_slots
@@ -289,7 +344,9 @@ class TextPrompts(nn.Module):
         else:
             half = n_slots // 2
             rows = []
-            for c, nl in enumerate(self.name_lens[classes]):
+            name_lens = (self.name_lens[classes] if isinstance(classes, slice)
+                         else [self.name_lens[i] for i in classes.tolist()])
+            for c, nl in enumerate(name_lens):
                 name, rest = suffix[:, c, :nl], suffix[:, c, nl:]
                 if self.position == "middle":
                     parts = [prefix[:, c], ctx[:, c, :half], name, ctx[:, c, half:], rest]
@@ -314,7 +371,8 @@ class TextPrompts(nn.Module):
         """The prompt-learner protocol: shallow prompts only."""
         if self.extra_slots:
             return TextInputs(self.build(), self.prompt_token_ids(), n_sets=self.n_sets)
-        return TextInputs(None, self.prompt_token_ids(), n_sets=self.n_sets, build_rows=self.build_rows)
+        return TextInputs(None, self.token_ids, n_sets=self.n_sets, build_rows=self.build_rows,
+                          build_index=self.build_index, ids_repeat=self.n_sets)
 
     def vision_inputs(self) -> None:
         """The prompt-learner protocol: no visual prompts."""
@@ -460,13 +518,12 @@ class MultiModalPrompts(nn.Module):
         return self.text.sets()
 
     def text_inputs(self) -> Optional[TextInputs]:
-        """``N*C`` set-major prompts with the deep text prompts replicated per class; None for a frozen text side."""
+        """``N*C`` set-major prompts with per-set deep text prompts; None for a frozen text side."""
         if self.text is None:
             return None
-        c = self.text.n_cls
-        deep = [p.repeat_interleave(c, dim=0) if p.shape[0] > 1 else p for p in self.deep.text]
-        return TextInputs(None, self.text.prompt_token_ids(), n_sets=self.text.n_sets, deep=deep,
-                          build_rows=self.text.build_rows)
+        t = self.text
+        return TextInputs(None, t.token_ids, n_sets=t.n_sets, deep=list(self.deep.text), build_rows=t.build_rows,
+                          build_index=t.build_index, ids_repeat=t.n_sets)
 
     def vision_inputs(self) -> Optional[VisionInputs]:
         if not self.deep.has_vision:

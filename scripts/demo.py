@@ -102,7 +102,7 @@ def main(argv=None) -> None:
                      rec.get("wall_s", "reused")])
     headers = ["method", "dataset", "shots", "seed", "accuracy %", "macro F1 %", "time (s)"]
     print()
-    print(tabulate(rows, headers=headers))
+    print(tabulate(rows, headers=headers, disable_numparse=True))  # keep "58.0", not 58
     files = write_outputs(rows, headers, Path(args.output_dir), args)
     print(f"\nRecords: {args.output_dir}/**/results.jsonl (one JSON line per evaluation)")
     print(f"Table and figure: {', '.join(str(f) for f in files)}")
@@ -117,7 +117,7 @@ def write_outputs(rows, headers, out: Path, args) -> list:
     md = out / "demo.md"
     md.write_text(f"Mini CLIP on {args.dataset}, {args.shots} shots, seed {args.seed} (test accuracy of each method; "
                   "a pipeline check, not OpenAI CLIP's accuracy)\n\n"
-                  + tabulate(rows, headers=headers, tablefmt="github") + "\n")
+                  + tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n")
     with open(out / "demo.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(headers)

@@ -41,3 +41,29 @@ def test_cpu_memory_probe_counts_allocations_not_views_of_existing_storage():
     with probe:
         step()
     assert probe.cur == 0
+
+
+def test_region_timers_count_nested_calls_once():
+    """The throughput profile wraps both the OT head's forward and its token level (which forward may call): a call
+    nested in another of the same region is not counted twice."""
+    import time
+
+    class Head:
+        def token_term(self):
+            time.sleep(0.05)
+
+        def forward(self):
+            self.token_term()
+
+    timers = suite._Timers("cpu")
+    timers.wrap(Head, "forward", "ot_head")
+    timers.wrap(Head, "token_term", "ot_head")
+    try:
+        t0 = time.perf_counter()
+        Head().forward()
+        Head().token_term()
+        wall = time.perf_counter() - t0
+    finally:
+        timers.restore()
+    assert 0.1 <= timers.t["ot_head"] <= wall
+    assert Head.forward.__name__ == "forward"  # restored

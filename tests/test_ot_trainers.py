@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import promptot.engine as engine
 import train
 import trainers  # noqa: F401
+from promptot.ot import TokenPieces
 from conftest import ROOT, base_args, check_one_training_step, run_cli, tiny_opts
 
 FP32 = {"PLOT": ["TRAINER.PLOT.PREC", "fp32", "TRAINER.PLOT.N_CTX", "4"],
@@ -109,22 +110,31 @@ def test_align_token_sets_are_prompt_and_name_tokens(toy_root, tmp_path, clip_pa
 
 
 def _token_grads(tr):
-    """Run one loss through the model, returning (grad of img_tokens, grad of txt_tokens, logits)."""
-    seen = {}
+    """Run one loss through the model, returning (grad of the image tokens, grads of the text-token pieces (None
+    when no piece has one), logits); the token inputs are caught where they enter the head's token level."""
+    seen = {"img": [], "txt": []}
+    head = tr.model.head
+    token_term = head.token_term
 
-    def pre_hook(module, args, kwargs):
-        for k in ("img_tokens", "txt_tokens"):
-            if kwargs.get(k) is not None:
-                kwargs[k].retain_grad()
-                seen[k] = kwargs[k]
+    def spy(img_tokens, txt_tokens, *a, **k):
+        for key, ts in (("img", [img_tokens]), ("txt", txt_tokens.pieces if isinstance(txt_tokens, TokenPieces)
+                                                 else [txt_tokens])):
+            for t in ts:
+                if t.requires_grad:
+                    t.retain_grad()
+                seen[key].append(t)
+        return token_term(img_tokens, txt_tokens, *a, **k)
 
-    h = tr.model.head.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    head.token_term = spy
     try:
         logits = tr.model(_images())
         F.cross_entropy(logits, torch.tensor([0, 1])).backward()
     finally:
-        h.remove()
-    return seen["img_tokens"].grad, seen["txt_tokens"].grad, logits.detach()
+        del head.token_term
+    assert seen["img"] and seen["txt"], "the token level did not run"
+    gi = [t.grad for t in seen["img"] if t.grad is not None]
+    gt = [t.grad for t in seen["txt"] if t.grad is not None]
+    return (gi[0] if gi else None), (torch.cat([g.flatten() for g in gt]) if gt else None), logits.detach()
 
 
 def test_align_reference_token_level_has_no_gradient(toy_root, tmp_path, clip_paths):

@@ -75,9 +75,16 @@ def test_deep_prompts_coupled_are_projections_of_the_text_prompts(clip):
     mm = MultiModalPrompts(clip, NAMES, n_ctx=2, text_depth=3, text_sets=2, coupled=True)
     ti, vi = mm.text_inputs(), mm.vision_inputs()
     assert ti.embeds.shape[0] == 2 * len(NAMES) and ti.n_sets == 2 and len(ti.deep) == 2
-    for k, d in enumerate(ti.deep):  # [N, n, Dt] replicated per class, set-major
+    for k, d in enumerate(ti.deep_for(slice(None))):  # [N, n, Dt] per set -> per prompt, set-major
         assert d.shape == (2 * len(NAMES), 2, clip.text_width)
         torch.testing.assert_close(d[len(NAMES)], mm.deep.text[k][1], rtol=0, atol=0)
+        torch.testing.assert_close(d[len(NAMES) - 1], mm.deep.text[k][0], rtol=0, atol=0)
+    rows = torch.tensor([len(NAMES) + 1, 0, 2 * len(NAMES) - 1])  # any rows, any order: built alone, same values
+    torch.testing.assert_close(ti.select(rows), ti.embeds[rows], rtol=0, atol=0)
+    torch.testing.assert_close(ti.ids_for(rows), ti.token_ids[rows], rtol=0, atol=0)
+    assert ti.token_ids.shape[0] == 2 * len(NAMES)
+    for full, part in zip(ti.deep_for(slice(None)), ti.deep_for(rows)):
+        torch.testing.assert_close(part, full[rows], rtol=0, atol=0)
     torch.testing.assert_close(vi.shallow, mm.deep.shallow_proj(mm.text.ctx), rtol=0, atol=0)
     for k, d in enumerate(vi.deep):
         torch.testing.assert_close(d, mm.deep.proj[k](mm.deep.text[k]), rtol=0, atol=0)

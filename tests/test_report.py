@@ -270,11 +270,12 @@ def test_demo_writes_its_table_and_figure(tmp_path):
     headers = ["method", "dataset", "shots", "seed", "accuracy %", "macro F1 %", "time (s)"]
     rows = [["ZeroshotCLIP", "FashionMNISTShift", "-", 1, "49.4", "47.0", 12.0],
             ["CoOp", "FashionMNISTShift", 16, 1, "54.5", "53.0", 22.0],
-            ["ALIGN", "FashionMNISTShift", 16, 1, "57.9", "57.1", 85.0]]
+            ["ALIGN", "FashionMNISTShift", 16, 1, "58.0", "57.1", 85.0]]
     args = argparse.Namespace(dataset="FashionMNISTShift", shots=16, seed=1)
     files = demo.write_outputs(rows, headers, tmp_path, args)
     assert {f.name for f in files} == {"demo.md", "demo.csv", "demo.png", "demo.svg"}
-    assert "| CoOp " in (tmp_path / "demo.md").read_text() and "57.9" in (tmp_path / "demo.md").read_text()
+    md = (tmp_path / "demo.md").read_text()
+    assert "| CoOp " in md and "| 58.0 " in md, md  # one decimal kept: "58.0", not "58"
     assert list(csv.reader(open(tmp_path / "demo.csv")))[2][:5] == ["CoOp", "FashionMNISTShift", "16", "1", "54.5"]
     assert (tmp_path / "demo.png").stat().st_size > 1000
 

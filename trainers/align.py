@@ -8,8 +8,9 @@ replace them in layers 1..J-1; with ``COUPLED`` they are linear images of the te
 independent parameters (any M). Each image is encoded M times (row ``b*M + m`` uses visual set m).
 
 Features: z_m = CLS of view m ``[B, M, D]``; F_m = its patch + visual-prompt outputs ``[B, M, P, D]`` (no CLS);
-h_{c,n} = EOT ``[C, N, D]``; G_{c,n} = prompt-token + class-name outputs ``[C, N, L, D]`` + mask (paper token sets,
-``TextPrompts.token_mask``). Logits from the shared :class:`HierarchicalOTHead`; loss CE. At test time the text side
+h_{c,n} = EOT ``[C, N, D]``; G_{c,n} = prompt-token + class-name outputs + mask (paper token sets,
+``TextPrompts.token_mask``), encoded class chunk by class chunk (``MODEL.TEXT_CHUNK`` prompts) in length order and
+handed to the head as pieces ``[C_i, N, L_i, D]`` (``TokenPieces``). Logits from the shared :class:`HierarchicalOTHead`; loss CE. At test time the text side
 is computed once per evaluation.
 
 Config ``TRAINER.ALIGN`` (reference values): N_CTX 2, CTX_INIT "a photo of a", PREC fp16, PROMPT_DEPTH 9,
@@ -33,7 +34,7 @@ not reproduced by construction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -42,11 +43,11 @@ from promptot.config import SinkhornConfig, check_choice, register_trainer_confi
 from promptot.engine import TRAINER_REGISTRY
 from promptot.errors import ConfigError
 from promptot.heads import OTPromptModel
-from promptot.model import ModelOutput
+from promptot.model import ClassText, ModelOutput
 from promptot.prompts import MultiModalPrompts
 from promptot.trainer import PromptTrainer
 
-TextSide = Tuple[Tensor, Optional[Tensor], Optional[Tensor]]  # global [C,N,D], tokens [C,N,L,D], mask [C,1,L]
+TextSide = Union[Tensor, ClassText]  # global [C,N,D], or features and token sets G_{c,n} class chunk by class chunk
 ImageSide = Tuple[Tensor, Optional[Tensor]]  # global [B,M,D], tokens [B,M,P,D]
 
 
@@ -92,13 +93,14 @@ class ALIGNModel(OTPromptModel):
         return c.TOKEN_LEVEL and (c.COMPAT == "reference" or c.BETA != 0.0)
 
     def text_side(self) -> TextSide:
-        """``(txt_global [C, N, D], txt_tokens [C, N, L, D] | None, txt_mask [C, 1, L] | None)``."""
-        n = self.prompt_learner.text.n_sets
-        out = self.encode_text_prompts(return_tokens=self.tokens)
-        glob = self.per_class(out.features, n)
+        """``txt_global [C, N, D]`` without a token level; otherwise the features and token sets (paper masks) class
+        chunk by class chunk (:class:`~promptot.model.ClassText`). In training with ``MODEL.TEXT_CHUNK`` the chunks
+        are encoded lazily, each in one checkpoint with its token level (:meth:`OTPromptModel.ot_by_class`);
+        otherwise at once (a cached evaluation text)."""
         if not self.tokens:
-            return glob, None, None
-        return glob, self.per_class(out.tokens, n), self.prompt_learner.text.token_mask(out.tokens.shape[1])[:, None]
+            return self.per_class(self.encode_text_prompts().features, self.prompt_learner.text.n_sets)
+        lazy = torch.is_grad_enabled() and bool(getattr(self, "text_chunk", 0))
+        return self.encode_text_by_class(self.prompt_learner.text.token_mask, lazy=lazy)
 
     def image_side(self, images: Tensor) -> ImageSide:
         """``(img_global [B, M, D], img_tokens [B, M, P, D] | None)``; P = patches + visual prompt tokens."""
@@ -111,8 +113,10 @@ class ALIGNModel(OTPromptModel):
         return glob, toks.reshape(b, m, toks.shape[1], -1)
 
     def logits(self, image: ImageSide, text: TextSide) -> ModelOutput:
-        (img_global, img_tokens), (txt_global, txt_tokens, txt_mask) = image, text
-        return self.ot(img_global, txt_global, img_tokens=img_tokens, txt_tokens=txt_tokens, txt_mask=txt_mask)
+        img_global, img_tokens = image
+        if isinstance(text, ClassText):
+            return self.ot_by_class(img_global, img_tokens, text)
+        return self.ot(img_global, text)
 
 
 @TRAINER_REGISTRY.register()

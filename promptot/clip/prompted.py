@@ -436,6 +436,17 @@ class PromptedCLIP(nn.Module):
         return self._kept_length(self._pool_index(token_ids, token_ids.shape[1]), token_ids.shape[1],
                                  hook_list + _as_list(hooks))
 
+    def text_lengths(self, token_ids: Tensor, deep_prompts: DeepPrompts = None, deep_start: int = 1,
+                     hooks: Hooks = None) -> Tensor:
+        """Positions :meth:`encode_text` keeps for each prompt of ``token_ids [P, L]`` when encoded without the
+        others, ``[P]`` (long); :meth:`text_length` is their maximum."""
+        length = token_ids.shape[1]
+        if self.clip.text_pool_type == "last":
+            return torch.full((token_ids.shape[0],), length, dtype=torch.long, device=token_ids.device)
+        hook_list = self._deep_hook(deep_prompts, len(self.clip.transformer.resblocks), "text", deep_start)
+        floor = max([0] + [h.min_length for h in hook_list + _as_list(hooks)])
+        return (self._pool_index(token_ids, length) + 1).clamp(min=floor, max=length)
+
     def encode_text_ids(self, token_ids: Tensor) -> Tensor:
         """Stock text features ``[P, E]`` (zero-shot path) for ``token_ids [P, L]``."""
         return self.encode_text(self.embed_tokens(token_ids), token_ids).features

@@ -47,6 +47,14 @@ batch and is not tiled. Two tilings (``OTHeadConfig.tile``):
 
 Either way the only C-proportional tensors are ``[B, C, M, N]`` and ``[C, N]``-sized ones, so peak memory is set by
 the tile.
+
+Text tokens come as one ``[C, N, L, D]`` tensor padded to the longest class (sorted and gathered here), or as a
+:class:`TokenPieces`: pieces of whole classes ``[C_i, N, L_i, D]``, each cut at its own length, in the order the caller
+chose (length-sorted), whose tiles are views (:func:`promptot.model.encode_text_by_class` produces them). The token
+level alone is :meth:`HierarchicalOTHead.token_term`; since the token problems of an (image, class) pair do not involve
+other classes, a model may compute it class chunk by class chunk and pass the joined :class:`TokenTerm` to
+``forward`` (ALIGN does, with each chunk's text pass and token level in one checkpoint:
+:meth:`promptot.heads.OTPromptModel.ot_by_class`), so that no ``[C, N, L, D]`` tensor exists at all.
 """
 from __future__ import annotations
 
@@ -62,7 +70,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .sinkhorn import RowSide, col_side, plan_entropy, row_side, similarity_sinkhorn, sinkhorn
 
-__all__ = ["OTHeadConfig", "HierarchicalOTHead", "cache_budget_bytes"]
+__all__ = ["OTHeadConfig", "HierarchicalOTHead", "TokenPieces", "TokenTerm", "cache_budget_bytes"]
 
 TILINGS = ("auto", "cache", "batched")
 # Cache sizes assumed when the OS does not report them: a 1 MiB L2 per core and a 2 MiB share of the last-level cache
@@ -202,6 +210,109 @@ class _GatherPieces(torch.autograd.Function):
         return g, None, None, None
 
 
+class TokenPieces:
+    """Text token sets delivered in pieces of whole classes, each piece cut at its own length (what
+    :func:`promptot.model.encode_text_by_class` returns): an alternative to a ``[C, N, L, D]`` tensor padded to the
+    longest class.
+
+    ``pieces[i]``: ``[C_i, N, L_i, D]``; ``masks[i]``: bool ``[C_i, N or 1, L_i]`` (True = real token), or None
+    (all real); ``order``: LongTensor ``[C]``, the class of each row of the pieces taken one after the other. The
+    head keeps this order (pieces are meant to come length-sorted) and cuts its tiles inside pieces, as views: in
+    training, a piece's tiles write their gradients into one buffer per piece.
+    """
+
+    def __init__(self, pieces: Sequence[Tensor], masks: Sequence[Optional[Tensor]], order: Tensor) -> None:
+        self.pieces, self.masks, self.order = list(pieces), list(masks), order
+        if not self.pieces or len(self.masks) != len(self.pieces):
+            raise ValueError(f"TokenPieces: {len(self.pieces)} pieces and {len(self.masks)} masks; give one mask (or "
+                             f"None) per piece, and at least one piece")
+        n, d = self.pieces[0].shape[1], self.pieces[0].shape[3]
+        for i, (p, m) in enumerate(zip(self.pieces, self.masks)):
+            if p.dim() != 4 or p.shape[1] != n or p.shape[3] != d:
+                raise ValueError(f"TokenPieces: piece {i} has shape {tuple(p.shape)}; every piece must be [C_i, {n}, "
+                                 f"L_i, {d}]")
+            if m is not None and (m.dim() != 3 or m.shape[0] != p.shape[0] or m.shape[1] not in (1, n)
+                                  or m.shape[2] != p.shape[2]):
+                raise ValueError(f"TokenPieces: mask {i} has shape {tuple(m.shape)} for a piece of shape "
+                                 f"{tuple(p.shape)}; expected [{p.shape[0]}, 1 or {n}, {p.shape[2]}]")
+        if order.shape != (sum(p.shape[0] for p in self.pieces),):
+            raise ValueError(f"TokenPieces: order has shape {tuple(order.shape)}, expected one class index per piece "
+                             f"row ({sum(p.shape[0] for p in self.pieces)})")
+
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        """``(C, N, max L_i, D)``: the shape of :meth:`dense`."""
+        p = self.pieces[0]
+        return (int(self.order.shape[0]), p.shape[1], max(q.shape[2] for q in self.pieces), p.shape[3])
+
+    @property
+    def requires_grad(self) -> bool:
+        return any(p.requires_grad for p in self.pieces)
+
+    @property
+    def bounds(self) -> List[int]:
+        """Row offsets of the pieces: piece i holds rows ``bounds[i] .. bounds[i + 1] - 1``."""
+        out = [0]
+        for p in self.pieces:
+            out.append(out[-1] + p.shape[0])
+        return out
+
+    def sorted_mask(self) -> Tensor:
+        """``[C, N, max L_i]`` bool, rows in piece order, False on each piece's padding."""
+        C, N, L, _ = self.shape
+        dev = self.pieces[0].device
+        out = torch.zeros(C, N, L, dtype=torch.bool, device=dev)
+        for (a, b), p, m in zip(zip(self.bounds, self.bounds[1:]), self.pieces, self.masks):
+            out[a:b, :, :p.shape[2]] = True if m is None else m.to(dev, torch.bool)
+        return out
+
+    def dense(self) -> Tuple[Tensor, Tensor]:
+        """``([C, N, L, D] tokens, [C, N, L] mask)`` in class order, zero-padded (for tests and other heads)."""
+        C, N, L, D = self.shape
+        sorted_tokens = torch.cat([F.pad(p, (0, 0, 0, L - p.shape[2])) for p in self.pieces])
+        inv = torch.empty_like(self.order)
+        inv[self.order] = torch.arange(C, device=self.order.device)
+        return sorted_tokens[inv], self.sorted_mask()[inv]
+
+
+class _SliceTiles(torch.autograd.Function):
+    """Tiles of one piece ``x [Cp, N, Lp, D]`` as views ``x[a:b, :, :n]`` (``spans``: ``(a, b, n)``). Backward writes
+    the tiles' gradients into one zero tensor of ``x``'s shape (autograd's slicing would allocate one per tile)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, spans: List[Tuple[int, int, int]]) -> Tuple[Tensor, ...]:  # type: ignore[override]
+        ctx.spans, ctx.shape = spans, x.shape
+        return tuple(x[a:b, :, :n] for a, b, n in spans)
+
+    @staticmethod
+    def backward(ctx, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], None]:  # type: ignore[override]
+        g = None
+        for (a, b, n), gp in zip(ctx.spans, grads):
+            if gp is not None:
+                g = gp.new_zeros(ctx.shape) if g is None else g
+                g[a:b, :, :n] = gp
+        return g, None
+
+
+class TokenTerm(NamedTuple):
+    """The token level of :class:`HierarchicalOTHead` (:meth:`HierarchicalOTHead.token_term`): ``term [B, C, M, N]``
+    and the Sinkhorn iteration counts and marginal errors of its problems (1-D, detached)."""
+
+    term: Tensor
+    iters: Tensor
+    errs: Tensor
+
+    @staticmethod
+    def cat(parts: Sequence["TokenTerm"], order: Optional[Tensor] = None) -> "TokenTerm":
+        """Terms of class chunks joined along C; ``order[i]``: the class of joined column i (default: as joined)."""
+        term = torch.cat([p.term for p in parts], dim=1)
+        if order is not None:
+            inv = torch.empty_like(order)
+            inv[order] = torch.arange(order.numel(), device=order.device)
+            term = term.index_select(1, inv.to(term.device))
+        return TokenTerm(term, torch.cat([p.iters for p in parts]), torch.cat([p.errs for p in parts]))
+
+
 class _Fused(NamedTuple):
     """What the fused tile solver needs besides the tile: stopping rule, the image side of every image block (computed
     once per forward), the scratch buffers (similarities/ε, the same regrouped per problem, kernel) shared by all
@@ -260,8 +371,8 @@ class HierarchicalOTHead(nn.Module):
         errs.append(res.marginal_err.detach().amax().reshape(1).float())
         return d_tok, sigma
 
-    def _tiles(self, last_sorted: List[int], B: int, M: int, P: int, N: int, itemsize: int, mode: str
-               ) -> Tuple[int, List[Tuple[int, int]]]:
+    def _tiles(self, last_sorted: List[int], B: int, M: int, P: int, N: int, itemsize: int, mode: str,
+               bounds: Optional[Sequence[int]] = None) -> Tuple[int, List[Tuple[int, int]]]:
         """Images per tile and the class tiles ``[(start, end), ...]`` over the length-sorted classes.
 
         ``"batched"``: all images × ``class_chunk`` classes. ``"cache"``: a tile of ``bt`` images and classes
@@ -269,13 +380,18 @@ class HierarchicalOTHead(nn.Module):
         added greedily (ascending length, so padding stays small) while ``_TILE_BUFFERS`` such tensors fit the cache
         budget, but never fewer than ``_MIN_GEMM_COLS / (N·L)`` classes (GEMM speed) and never more than
         ``class_chunk``; a tile holding ``1/_SPLIT_AT_LENGTH`` of the budget ends where the length grows. One image
-        per tile unless all classes fit in one tile, then as many images as fit.
+        per tile unless all classes fit in one tile, then as many images as fit. No tile crosses one of ``bounds``
+        (the piece offsets of :class:`TokenPieces`).
         """
         cfg = self.cfg
         C = len(last_sorted)
         lens = [max(1, int(x)) for x in last_sorted]
+        ends = sorted(set(bounds or []) | {C})
         if mode == "batched":
-            return B, [(s, min(C, s + cfg.class_chunk)) for s in range(0, C, cfg.class_chunk)]
+            tiles = []
+            for a, b in zip([0] + ends, ends):
+                tiles += [(s, min(b, s + cfg.class_chunk)) for s in range(a, b, cfg.class_chunk)]
+            return B, tiles
         budget = cfg.cache_bytes if cfg.cache_bytes is not None else cache_budget_bytes()
         max_entries = max(1, budget // (_TILE_BUFFERS * itemsize))
         bt = cfg.tile_images if cfg.tile_images is not None else 1
@@ -284,11 +400,12 @@ class HierarchicalOTHead(nn.Module):
         tiles: List[Tuple[int, int]] = []
         s = 0
         while s < C:
+            stop = next(b for b in ends if b > s)  # tiles never cross a piece bound
             if cfg.tile_classes is not None:
-                e = min(C, s + min(cfg.tile_classes, cfg.class_chunk))
+                e = min(stop, s + min(cfg.tile_classes, cfg.class_chunk))
             else:
                 e = s + 1
-                while e < C and e - s < cfg.class_chunk:
+                while e < stop and e - s < cfg.class_chunk:
                     cols = (e + 1 - s) * N * lens[e]
                     if rows * cols > max_entries and (e - s) * N * lens[e - 1] >= _MIN_GEMM_COLS:
                         break
@@ -328,8 +445,8 @@ class HierarchicalOTHead(nn.Module):
 
     def _class_tile(self, s: int, e: int, Lc: int, imgt: Tensor, img_blocks: Sequence[Tensor], img_mask: Tensor,
                     txt_tokens: Tensor, txt_mask: Tensor, idx: Optional[Tensor], bt: int, need_graph: bool,
-                    grad_mode: str, fused: Optional["_Fused"], iters: List[Tensor], errs: List[Tensor]
-                    ) -> Optional[Tensor]:
+                    grad_mode: str, fused: Optional["_Fused"], iters: List[Tensor], errs: List[Tensor],
+                    checkpoint_tiles: bool = True) -> Optional[Tensor]:
         """Sorted classes ``[s, e)`` (the caller's ``idx`` of ``txt_tokens``, or all of ``txt_tokens`` when None)
         padded to ``Lc`` × all image blocks of ``bt`` images (``img_blocks``: ``imgt`` split by ``bt``): the token
         term ``[B, e − s, M, N]``, written into ``fused.term`` when there is no graph (returns None)."""
@@ -345,7 +462,7 @@ class HierarchicalOTHead(nn.Module):
             y = y.view(-1, D)
         # With a checkpointed graph the text tokens are normalised inside each checkpoint (recomputed in backward) so
         # that no normalised copy of the tile stays alive until backward; the raw tokens are saved instead.
-        normalise_inside = need_graph and grad_mode != "autodiff" and idx is None
+        normalise_inside = checkpoint_tiles and need_graph and grad_mode != "autodiff" and idx is None
         if fused is None:
             tt, tm = (txt_tokens, txt_mask[:, :, :Lc]) if normalise_inside else \
                 self._text_tile(txt_tokens, txt_mask, idx, Lc, imgt.dtype, 1.0, what)
@@ -372,7 +489,7 @@ class HierarchicalOTHead(nn.Module):
                 d_tok, sigma = self._token_chunk(imgt_, mask_, tt_, tm_, grad_mode, iters, errs)
                 return sigma if reference else d_tok
 
-            if need_graph and grad_mode != "autodiff":
+            if checkpoint_tiles and need_graph and grad_mode != "autodiff":
                 # Recompute the tile in backward instead of keeping its [Bt, Ct, M, N, P, L] state alive until
                 # then. Deterministic (same inputs, same iterations), so the recomputed plan is identical. (The
                 # recomputation appends its iteration counts to a list this forward has already consumed.)
@@ -385,12 +502,13 @@ class HierarchicalOTHead(nn.Module):
                 rows.append(out)
         return None if fused is not None else torch.cat(rows, dim=0)
 
-    def _token_level(self, img_tokens: Tensor, img_mask: Optional[Tensor], txt_tokens: Tensor,
+    def _token_level(self, img_tokens: Tensor, img_mask: Optional[Tensor], txt_tokens: Union[Tensor, TokenPieces],
                      txt_mask: Optional[Tensor], dtype: torch.dtype, need_graph: bool, iters: List[Tensor],
-                     errs: List[Tensor]) -> Tensor:
+                     errs: List[Tensor], checkpoint_tiles: bool = True) -> Tensor:
         """Token term per (b, c, m, n): d_tok (paper) or σ_tok (reference), ``[B, C, M, N]`` in caller class order."""
         cfg = self.cfg
         B, M, P, D = img_tokens.shape
+        pieces = txt_tokens if isinstance(txt_tokens, TokenPieces) else None
         C, N, L, D2 = txt_tokens.shape
         if D != D2:
             raise ValueError(f"HierarchicalOTHead: token widths differ: img {tuple(img_tokens.shape)} vs txt "
@@ -405,19 +523,25 @@ class HierarchicalOTHead(nn.Module):
             imgt = torch.where(img_mask[..., None], imgt, zero)  # padding may hold NaN: zero it before normalising
         imgt = F.normalize(imgt, dim=-1).contiguous()
         _finite_or_raise(imgt, "img_tokens")
-        txt_mask = (torch.ones(C, N, L, dtype=torch.bool, device=dev) if txt_mask is None
-                    else txt_mask.to(dev, torch.bool).expand(C, N, L))
-
-        # Sort classes by last real token position so each tile pads only to its own max (the mask need not be
-        # left-aligned: trimming after the last real position is exact). One host read per forward.
         pos = torch.arange(1, L + 1, device=dev)
-        last = (txt_mask * pos).amax(dim=(-1, -2))  # [C]
-        order = torch.argsort(last, stable=True)
-        last_sorted = last[order].tolist()
+        if pieces is not None:
+            # The pieces' row order is kept (they come length-sorted) and tiles stay inside pieces.
+            sorted_mask = pieces.sorted_mask().to(dev).expand(C, N, L)
+            order = pieces.order.to(dev)
+            last_sorted = (sorted_mask * pos).amax(dim=(-1, -2)).tolist()
+        else:
+            txt_mask = (torch.ones(C, N, L, dtype=torch.bool, device=dev) if txt_mask is None
+                        else txt_mask.to(dev, torch.bool).expand(C, N, L))
+            # Sort classes by last real token position so each tile pads only to its own max (the mask need not be
+            # left-aligned: trimming after the last real position is exact). One host read per forward.
+            last = (txt_mask * pos).amax(dim=(-1, -2))  # [C]
+            order = torch.argsort(last, stable=True)
+            last_sorted = last[order].tolist()
         grad_mode = "detach" if cfg.compat == "reference" else cfg.grad
         reference = cfg.compat == "reference"
         mode = cfg.tile if cfg.tile != "auto" else ("cache" if dev.type == "cpu" else "batched")
-        bt, class_tiles = self._tiles(last_sorted, B, M, P, N, torch.finfo(dtype).bits // 8, mode)
+        bt, class_tiles = self._tiles(last_sorted, B, M, P, N, torch.finfo(dtype).bits // 8, mode,
+                                      None if pieces is None else pieces.bounds)
         # The fused tile solver covers the no-graph kernel-domain case, for problems with at least one real token on
         # each side (an empty problem has an all-zero plan: left to sinkhorn's masking).
         fused: Optional[_Fused] = None
@@ -428,21 +552,31 @@ class HierarchicalOTHead(nn.Module):
                            work=torch.empty(_TILE_BUFFERS, n_max, dtype=dtype, device=dev),  # shared by all tiles
                            term=torch.empty(B, C, M, N, dtype=dtype, device=dev))
         img_blocks = torch.split(imgt, bt)
-        if need_graph:
+        sizes = [e - s for s, e in class_tiles]
+        lengths = [max(1, int(max(last_sorted[s:e]))) for s, e in class_tiles]
+        txt_pieces: List[Optional[Tensor]] = []
+        mask_pieces: Sequence[Optional[Tensor]]
+        if pieces is not None:
+            # Tiles are views of the pieces (one autograd node per piece with a graph); nothing is gathered.
+            for j, (a, b) in enumerate(zip(pieces.bounds, pieces.bounds[1:])):
+                spans = [(s - a, e - a, n) for (s, e), n in zip(class_tiles, lengths) if a <= s < b]
+                x = pieces.pieces[j]
+                txt_pieces += _SliceTiles.apply(x, spans) if need_graph else [x[u:v, :, :n] for u, v, n in spans]
+            mask_pieces = torch.split(sorted_mask, sizes)
+        elif need_graph:
             # One gather and one split for the whole forward instead of a slice or gather per tile: in backward each
             # of those would scatter its gradient into a zero tensor of the full [C, N, L, D] (or [B, M, P, D]) size,
             # once per tile, i.e. memory and time growing with C².
-            sizes = [e - s for s, e in class_tiles]
-            lengths = [max(1, int(max(last_sorted[s:e]))) for s, e in class_tiles]
-            txt_pieces: Sequence[Optional[Tensor]] = _GatherPieces.apply(txt_tokens, order, sizes, lengths)
-            mask_pieces: Sequence[Optional[Tensor]] = torch.split(txt_mask.index_select(0, order), sizes)
+            txt_pieces = list(_GatherPieces.apply(txt_tokens, order, sizes, lengths))
+            mask_pieces = torch.split(txt_mask.index_select(0, order), sizes)
         else:
             txt_pieces = mask_pieces = [None] * len(class_tiles)
         cols: List[Tensor] = []
-        for (s, e), tp, mp in zip(class_tiles, txt_pieces, mask_pieces):
-            out = self._class_tile(s, e, max(1, int(max(last_sorted[s:e]))), imgt, img_blocks, img_mask,
+        for (s, e), n, tp, mp in zip(class_tiles, lengths, txt_pieces, mask_pieces):
+            out = self._class_tile(s, e, n, imgt, img_blocks, img_mask,
                                    txt_tokens if tp is None else tp, txt_mask if mp is None else mp,
-                                   order[s:e] if tp is None else None, bt, need_graph, grad_mode, fused, iters, errs)
+                                   order[s:e] if tp is None else None, bt, need_graph, grad_mode, fused, iters, errs,
+                                   checkpoint_tiles)
             if out is not None:
                 cols.append(out)
         term = fused.term if fused is not None else torch.cat(cols, dim=1)  # [B, C, M, N], sorted class order
@@ -458,6 +592,41 @@ class HierarchicalOTHead(nn.Module):
         inv[order] = torch.arange(C, device=dev)
         return term[:, inv]
 
+    @property
+    def uses_tokens(self) -> bool:
+        """Whether token sets change the logits: a token level, and not the paper form at β = 0."""
+        return self.cfg.token_level and (self.cfg.compat == "reference" or self.cfg.beta != 0.0)
+
+    def token_term(self, img_tokens: Tensor, txt_tokens: Union[Tensor, TokenPieces], img_mask: Optional[Tensor] = None,
+                   txt_mask: Optional[Tensor] = None, dtype: Optional[torch.dtype] = None,
+                   checkpoint_tiles: bool = True) -> "TokenTerm":
+        """The token level alone: d_tok (paper) or σ_tok (reference) for every (image, class, view, prompt),
+        ``[B, C, M, N]`` (fp32, or float64 for float64 tokens), with its Sinkhorn diagnostics. Inputs as in
+        :meth:`forward`. Pass the result to :meth:`forward` as ``token_term``; the token level of (image, class)
+        pairs does not depend on the other classes, so terms computed class chunk by class chunk can be joined with
+        :meth:`TokenTerm.cat` (a chunk's text tokens and tiles then live only while its own term is computed).
+        ``checkpoint_tiles=False``: with a graph, keep every tile's state for backward instead of recomputing it tile
+        by tile (for a caller that checkpoints the whole call, e.g. one class chunk with its text pass)."""
+        if not self.uses_tokens:
+            raise ValueError("HierarchicalOTHead.token_term: this head has no token level (token_level False, or the "
+                             "paper form with beta 0)")
+        if isinstance(txt_tokens, TokenPieces) and txt_mask is not None:
+            raise ValueError("HierarchicalOTHead: txt_tokens is a TokenPieces, which carries its own masks; pass "
+                             "txt_mask=None")
+        if dtype is None:
+            dtype = torch.float64 if img_tokens.dtype == torch.float64 else torch.float32
+        need_graph = (self.cfg.compat != "reference" and torch.is_grad_enabled()
+                      and (img_tokens.requires_grad or txt_tokens.requires_grad))
+        iters: List[Tensor] = []
+        errs: List[Tensor] = []
+        with torch.set_grad_enabled(need_graph):
+            term = self._token_level(img_tokens, img_mask, txt_tokens, txt_mask, dtype, need_graph, iters, errs,
+                                     checkpoint_tiles)
+        dev = term.device
+        return TokenTerm(term, torch.cat(iters).float() if iters else torch.zeros(0, device=dev),
+                         # (recomputation in backward may append more iteration counts than marginal errors)
+                         torch.cat(errs[:len(iters)]).float() if iters else torch.zeros(0, device=dev))
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -466,9 +635,10 @@ class HierarchicalOTHead(nn.Module):
         logit_scale: Union[Tensor, float],
         img_tokens: Optional[Tensor] = None,
         img_mask: Optional[Tensor] = None,
-        txt_tokens: Optional[Tensor] = None,
+        txt_tokens: Union[Tensor, TokenPieces, None] = None,
         txt_mask: Optional[Tensor] = None,
         log: bool = False,
+        token_term: Optional["TokenTerm"] = None,
     ) -> Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]:
         """Compute OT logits.
 
@@ -478,7 +648,10 @@ class HierarchicalOTHead(nn.Module):
         txt_global : ``[C, N, D]`` prompt-level text features (EOT per prompt); normalised inside.
         logit_scale : CLIP's ``exp(logit_scale)`` (≈ 100 = 1/τ), tensor or float.
         img_tokens, img_mask : ``[B, M, P, D]`` and bool ``[B, M, P]`` (True = real token), optional.
-        txt_tokens, txt_mask : ``[C, N, L, D]`` and bool ``[C, N, L]``, optional (padded ragged token sets).
+        txt_tokens, txt_mask : ``[C, N, L, D]`` and bool ``[C, N, L]``, optional (padded ragged token sets); or
+            ``txt_tokens`` a :class:`TokenPieces` carrying its own masks (then ``txt_mask`` must be None).
+        token_term : the token level computed beforehand by :meth:`token_term` (e.g. class chunk by class chunk,
+            :meth:`TokenTerm.cat`), instead of the token inputs.
         log : also return a dict of detached scalar diagnostics (as POT's ``log=True``): ``plan_entropy`` (mean
             normalised entropy of the prompt-level plans, 1 = uniform), ``plan_max_min_ratio``, ``prompt_iters``,
             ``prompt_marginal_err`` and, with a token level, ``token_iters_{mean,max,min}`` and ``token_marginal_err``
@@ -503,18 +676,20 @@ class HierarchicalOTHead(nn.Module):
         # instead of normalising h keeps [C, N, D] copies out of peak memory (C = 1000: 8 MB).
         S = torch.einsum("bmd,cnd->bcmn", z, h) / torch.linalg.vector_norm(h, dim=-1).clamp_min(1e-12)[:, None, :]
         reference = cfg.compat == "reference"
-        tok_iters: List[Tensor] = []
-        tok_errs: List[Tensor] = []
-
-        use_tokens = (cfg.token_level and img_tokens is not None and txt_tokens is not None
-                      and (reference or cfg.beta != 0.0))
         term: Optional[Tensor] = None
-        if use_tokens:
-            tokens_need_grad = img_tokens.requires_grad or txt_tokens.requires_grad
-            need_graph = (not reference) and torch.is_grad_enabled() and tokens_need_grad
-            with torch.set_grad_enabled(need_graph):
-                term = self._token_level(img_tokens, img_mask, txt_tokens, txt_mask, dtype, need_graph, tok_iters,
-                                         tok_errs)
+        if token_term is not None:
+            if img_tokens is not None or txt_tokens is not None:
+                raise ValueError("HierarchicalOTHead: give the token inputs or a precomputed token_term, not both")
+            if tuple(token_term.term.shape) != (B, C, M, N):
+                raise ValueError(f"HierarchicalOTHead: token_term is {tuple(token_term.term.shape)}, expected "
+                                 f"[B, C, M, N] = {(B, C, M, N)}")
+        elif self.uses_tokens and img_tokens is not None and txt_tokens is not None:
+            if txt_tokens.shape[:2] != (C, N):
+                raise ValueError(f"HierarchicalOTHead: the text tokens hold {txt_tokens.shape[0]} classes x "
+                                 f"{txt_tokens.shape[1]} prompts, txt_global {C} x {N}")
+            token_term = self.token_term(img_tokens, txt_tokens, img_mask, txt_mask, dtype)
+        if token_term is not None:
+            term = token_term.term.to(dtype)
 
         if reference:
             cost = 1.0 - S if term is None else 1.0 - S + term  # D1: σ_tok added to a distance
@@ -546,10 +721,10 @@ class HierarchicalOTHead(nn.Module):
                 "prompt_iters": res.n_iter.detach().float().amax(),
                 "prompt_marginal_err": res.marginal_err.amax(),
             }
-            if tok_iters:
-                it = torch.cat(tok_iters).float()
+            if token_term is not None and token_term.iters.numel():
+                it = token_term.iters.float()
                 diag["token_iters_mean"] = it.mean()
                 diag["token_iters_max"] = it.amax()
                 diag["token_iters_min"] = it.amin()
-                diag["token_marginal_err"] = torch.cat(tok_errs[:len(tok_iters)]).amax().float()
+                diag["token_marginal_err"] = token_term.errs.amax().float()
         return logits, diag
