@@ -285,3 +285,17 @@ def test_per_image_prompts_checkpointed_in_class_chunks_equal_the_batched_pass(c
     torch.testing.assert_close(outs[1][0], outs[0][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outs[1][1], outs[0][1], atol=1e-5, rtol=1e-5)
     assert outs[0][1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("position", ["end", "middle", "front"])
+def test_build_index_equals_rows_of_build(clip, position):
+    """Any prompt rows, in any order, built alone (the class-chunked text pass of token-level OT) equal those rows of
+    the full build, for every class token position; per-set token ids are shared, not repeated."""
+    tp = TextPrompts(clip, NAMES, n_ctx=4, n_sets=2, position=position)
+    rows = torch.tensor([4, 0, 5, 2])  # set 1 class 1, set 0 class 0, set 1 class 2, set 0 class 2
+    torch.testing.assert_close(tp.build_index(rows), tp.build()[rows], rtol=0, atol=0)
+    ti = tp.text_inputs()
+    assert ti.n_prompts == 6 and ti.n_cls == 3
+    torch.testing.assert_close(ti.select(rows), tp.build()[rows], rtol=0, atol=0)
+    assert torch.equal(ti.ids_for(rows), tp.prompt_token_ids()[rows])
+    assert torch.equal(ti.ids_for(slice(2, 5)), tp.prompt_token_ids()[2:5])
