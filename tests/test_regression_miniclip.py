@@ -28,7 +28,7 @@ pytestmark = [
 CHANCE = 10.0  # 10 classes
 # Margins over zero-shot, in accuracy points, set below the smallest gain measured over seeds 1-3 with
 # `python scripts/demo.py --seed S` (zero-shot 49.4%; CoOp 54.5 / 52.3 / 52.2%, i.e. +5.1 / +2.9 / +2.8;
-# ALIGN 57.9 / 58.2 / 58.9%, i.e. +8.5 / +8.8 / +9.5), and with `python train.py ... --config-file
+# ALIGN 58.0 / 58.2 / 58.9%, i.e. +8.6 / +8.8 / +9.5), and with `python train.py ... --config-file
 # configs/trainers/<T>/miniclip.yaml DATASET.NUM_SHOTS 16 --seed S` (README, "MaPLe-style deep prompting"): MaPLe
 # 57.0 / 55.7 / 57.4 (+7.6 / +6.3 / +8.0), IVLP 57.6 / 55.4 / 56.8 (+8.2 / +6.0 / +7.4), VPT 55.6 / 54.9 / 55.5
 # (+6.2 / +5.5 / +6.1), PromptSRC 53.0 / 53.0 / 53.8 (+3.6 / +3.6 / +4.4); with the same command (README, "DPT") and
