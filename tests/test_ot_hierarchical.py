@@ -251,11 +251,8 @@ def test_tiling_invariance_with_graph(grad: str) -> None:
             torch.testing.assert_close(g, gr, atol=1e-10, rtol=1e-9)
 
 
-def test_backward_memory_does_not_grow_with_the_number_of_tiles() -> None:
-    """Training through many cache tiles: the gradient of the text tokens is gathered once, not scattered into a
-    full-size zero tensor per tile (which made a 1,000-class step hold several copies of the token set and do
-    C/Ct full-size passes). Total bytes allocated in forward + backward with one class per tile stay within 2x those
-    of a single tile."""
+def _total_bytes_probe():
+    """A CPU memory probe that also sums every byte allocated (``.total``), freed or not (bench/memory.py)."""
     from bench.memory import LiveTensorBytes
 
     class TotalBytes(LiveTensorBytes):
@@ -269,6 +266,14 @@ def test_backward_memory_does_not_grow_with_the_number_of_tiles() -> None:
             self.total += max(0, self.cur - before)
             return out
 
+    return TotalBytes()
+
+
+def test_backward_memory_does_not_grow_with_the_number_of_tiles() -> None:
+    """Training through many cache tiles: the gradient of the text tokens is gathered once, not scattered into a
+    full-size zero tensor per tile (which made a 1,000-class step hold several copies of the token set and do
+    C/Ct full-size passes). Total bytes allocated in forward + backward with one class per tile stay within 2x those
+    of a single tile."""
     ig, tg, it, im, tt, tm = _ragged_inputs(seed=33, B=2, C=48)
     tt = torch.cat([tt, torch.zeros(*tt.shape[:2], 40, tt.shape[-1], dtype=tt.dtype)], dim=2)  # long padded tail
     tm = torch.cat([tm, torch.zeros(*tm.shape[:2], 40, dtype=torch.bool)], dim=2)
@@ -276,7 +281,7 @@ def test_backward_memory_does_not_grow_with_the_number_of_tiles() -> None:
     for tiling in (dict(tile="cache", tile_images=2, tile_classes=48), dict(tile="cache", tile_images=1,
                                                                           tile_classes=1)):
         xs = [x.detach().clone().requires_grad_(True) for x in (ig, tg, it, tt)]
-        probe = TotalBytes()
+        probe = _total_bytes_probe()
         with probe:
             out = _head(tiling, compat="paper", grad="envelope", stop="fixed", max_iter=5)(
                 xs[0], xs[1], 100.0, xs[2], im, xs[3], tm)
@@ -436,26 +441,13 @@ def test_token_pieces_backward_allocates_one_gradient_per_piece() -> None:
     """One piece cut into many cache tiles: backward writes the tile gradients into one buffer, so the bytes
     allocated by forward + backward with one class per tile stay close to those of a single tile (measured 0.76x at 96
     classes; autograd's own slicing, a piece-sized zero tensor per tile, gave 1.39x and grows with C)."""
-    from bench.memory import LiveTensorBytes
-
-    class TotalBytes(LiveTensorBytes):
-        def __init__(self) -> None:
-            super().__init__()
-            self.total = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-            before = self.cur
-            out = super().__torch_dispatch__(func, types, args, kwargs)
-            self.total += max(0, self.cur - before)
-            return out
-
     ig, tg, it, im, tt, tm = _ragged_inputs(seed=43, B=2, C=96)
     totals = []
     for tiling in (dict(tile="cache", tile_images=2, tile_classes=96), dict(tile="cache", tile_images=1,
                                                                            tile_classes=1)):
         pieces = _as_pieces(tt, tm, list(range(96)), [96])
         pieces.pieces[0].requires_grad_(True)
-        probe = TotalBytes()
+        probe = _total_bytes_probe()
         with probe:
             out = _head(tiling, compat="paper", grad="envelope", stop="fixed", max_iter=5)(
                 ig, tg, 100.0, it, im, pieces)
