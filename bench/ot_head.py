@@ -13,9 +13,10 @@ Measurements
   the runs of head, loop and GEMM are interleaved so that a change of machine load hits all three alike. The load
   average is printed before and after: CPU timings are only meaningful on a quiet machine.
 - GEMM: the similarities of every image token with every real text token, ``[B·M·P, D] @ [D, N·Σ_c L_c]``, timed
-  two ways — as one GEMM, and as the head's own tile GEMMs (padded to each tile's longest class, outputs reused
-  from cache). ``gemm_ratio`` = head time / the faster of the two: how far the head is above the cost of computing
-  the similarities at all (both the head and the loop must do that GEMM).
+  two ways — as one GEMM, and as the head's own tile GEMMs (padded to each tile's longest class, one output buffer
+  reused, so it stays in cache). ``gemm_ratio`` = head time / the faster of the two: how far the head is above the
+  cost of computing the similarities at all (both the head and the loop must do that GEMM); ``gemm_ratio_one_call``
+  = head time / the one-call GEMM.
 - max_abs_diff: max |logits_head − logits_loop| / logit_scale.
 - peak memory of the head at C = ``--mem-classes`` vs C = 100: on CUDA via ``torch.cuda.max_memory_allocated``; on
   CPU (no allocator statistics there, and tracemalloc does not see torch's allocator) with a ``TorchDispatchMode``
@@ -23,13 +24,17 @@ Measurements
   finalisers), i.e. the peak of *live tensor bytes allocated inside the head*. Inputs are excluded; kernel-internal
   scratch buffers are not seen.
 
+The first line also gives ``OMP_WAIT_POLICY``: with ``PASSIVE`` every parallel operation wakes sleeping threads, which
+costs the head's many vector-sized operations more than the GEMM (gemm_ratio about 15% higher on a 2-core VM).
+
 The last line is machine-readable: ``speedup=<loop/head> gemm_ratio=<head/GEMM> max_abs_diff=<d>
-peak_mem_ratio_c1000_c100=<r>``.
+peak_mem_ratio_c1000_c100=<r> gemm_ratio_one_call=<head/one-call GEMM>``.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -171,7 +176,8 @@ def main() -> None:
     load_after = load_average()
 
     print(f"device={dev} threads={args.threads} B={B} C={C} M=N={M} P={P} D={D} L_c in [4,12] tile={mode} "
-          f"({bt} image(s) x {len(ctiles)} class tiles) class_chunk={args.class_chunk} repeats={args.repeats}")
+          f"({bt} image(s) x {len(ctiles)} class tiles) class_chunk={args.class_chunk} repeats={args.repeats} "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print(f"load average before {load_before}, after {load_after}")
     print(f"{'':<30}{'median [s]':>11}{'min [s]':>10}{'max [s]':>10}{'token iters min/med/max':>26}")
     rows = [("reference loop (per pair)", "loop", f"{int(it_t.min())}/{int(it_t.median())}/{int(it_t.max())}"),
@@ -195,7 +201,7 @@ def main() -> None:
         print(f"peak memory ({method}): C=100 {peaks[100] / 2**20:.1f} MiB, C={args.mem_classes} "
               f"{peaks[args.mem_classes] / 2**20:.1f} MiB")
     print(f"speedup={speedup:.2f} gemm_ratio={med['head'] / gemm:.2f} max_abs_diff={diff:.3g} "
-          f"peak_mem_ratio_c1000_c100={ratio:.3f}")
+          f"peak_mem_ratio_c1000_c100={ratio:.3f} gemm_ratio_one_call={med['head'] / med['gemm']:.2f}")
 
 
 if __name__ == "__main__":

@@ -409,6 +409,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": args.device, "scale": scale,
         "machine": {"host": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
                     "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
         "results": {}, "load_average": {},
     }

@@ -67,3 +67,23 @@ def test_region_timers_count_nested_calls_once():
         timers.restore()
     assert 0.1 <= timers.t["ot_head"] <= wall
     assert Head.forward.__name__ == "forward"  # restored
+
+
+def test_gpu_script_refuses_a_machine_without_cuda(tmp_path):
+    """bench/gpu.sh stops before any benchmark, with a message saying why, where no CUDA device is visible."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: the script would run the whole suite")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu.json"
+    r = subprocess.run(["bash", str(root / "bench" / "gpu.sh"), str(out)], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHON=sys.executable), timeout=120)
+    assert r.returncode != 0
+    assert "no CUDA device visible" in r.stderr
+    assert not out.exists()

@@ -1,7 +1,10 @@
 """Tests of promptot.ot.sinkhorn against POT (float64), plain loops and analytic cases. CPU, fast."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
 import pytest
 import torch
 
@@ -332,6 +335,46 @@ def test_similarity_sinkhorn_fp32_and_workspace() -> None:
     torch.testing.assert_close(out.sigma.double(), ref.sigma, atol=1e-6, rtol=0)
     assert torch.equal(out.n_iter, ref.n_iter)
     assert not torch.isnan(work[0][:Z.numel()]).any()
+
+
+@pytest.mark.parametrize("masks", [True, False])
+@pytest.mark.parametrize("eps", [0.1, 0.002])
+@pytest.mark.parametrize("stop", ["reference", "marginal", "fixed"])
+def test_similarity_sinkhorn_base2_equals_natural(stop: str, eps: float, masks: bool) -> None:
+    """Z in base-2 units (S·log₂e/ε, kernel 2^Z) solves the same problems: same <T, S>, <T, 1>, marginal errors
+    (float64, 1e-12) and the same iteration counts, in the unshifted and the row-shifted kernel."""
+    from promptot.ot.sinkhorn import similarity_sinkhorn
+
+    x, y, rm, cm = _token_sets(masks=masks)
+    tol = 1e-9 if stop == "marginal" else None
+    Z = torch.einsum("cnld,bmpd->cnlbmp", y / eps, x).contiguous()
+    ref = similarity_sinkhorn(Z, eps, rm, cm, stop=stop, tol=tol)
+    out = similarity_sinkhorn(Z / math.log(2.0), eps, rm, cm, stop=stop, tol=tol, base2=True)
+    for name in ("sigma", "mass", "marginal_err"):
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), atol=1e-12, rtol=0, msg=name)
+    assert torch.equal(out.n_iter, ref.n_iter)
+
+
+def test_similarity_sinkhorn_vector_workspace_reused_across_tiles() -> None:
+    """One row-vector workspace serves tiles of different sizes in turn, whatever it held before (NaN here), with
+    results equal to fresh allocations; one that is too small is refused with the size it needs."""
+    from promptot.ot.sinkhorn import similarity_sinkhorn
+
+    x, y, rm, cm = _token_sets(masks=True)
+    vec = torch.full((3 * x.shape[0] * x.shape[1] * x.shape[2] * y.shape[0] * y.shape[1] + 7,), float("nan"),
+                     dtype=torch.float64)
+    for stop in ("reference", "marginal", "fixed"):
+        for cs in (slice(0, None), slice(1, 2), slice(0, 2)):  # tiles of different class counts, one workspace
+            Z = torch.einsum("cnld,bmpd->cnlbmp", y[cs] / 0.1, x).contiguous()
+            kw = dict(stop=stop, tol=1e-9 if stop == "marginal" else None, check_every=2)
+            ref = similarity_sinkhorn(Z, 0.1, rm, cm[cs], **kw)
+            out = similarity_sinkhorn(Z, 0.1, rm, cm[cs], vec_work=vec, **kw)
+            for name in ("sigma", "mass", "marginal_err"):
+                assert torch.equal(getattr(out, name), getattr(ref, name)), (stop, cs, name)
+            assert torch.equal(out.n_iter, ref.n_iter)
+    Z = torch.einsum("cnld,bmpd->cnlbmp", y / 0.1, x).contiguous()
+    with pytest.raises(ValueError, match="vec_work needs"):
+        similarity_sinkhorn(Z, 0.1, rm, cm, vec_work=torch.empty(10, dtype=torch.float64))
 
 
 def test_similarity_sinkhorn_guards() -> None:

@@ -38,8 +38,9 @@ batch and is not tiled. Two tilings (``OTHeadConfig.tile``):
   threads in use), with at least ``_MIN_GEMM_COLS`` text tokens per GEMM so the similarity GEMM keeps its speed. All
   Sinkhorn iterations of a tile run before the next tile starts, so every pass after the GEMM reads cache, not
   memory. Without a graph and in the kernel domain a tile is solved by
-  :func:`~promptot.ot.sinkhorn.similarity_sinkhorn` (kernel straight from the similarities, no cost or plan tensors,
-  matvecs without temporaries, buffers reused by every tile). Why: the similarity GEMM is the floor of this
+  :func:`~promptot.ot.sinkhorn.similarity_sinkhorn` (kernel ``2^Z`` straight from the similarities in base-2 units,
+  no cost or plan tensors, matvecs without temporaries, full-size and row-vector buffers reused by every tile: on
+  CPU a fresh output costs more than the operation that fills it). Why: the similarity GEMM is the floor of this
   computation, and a batched head that streams a ``[B, C, M, N, P, L]`` tensor through memory a dozen times ends up
   slower than a per-pair loop whose working set stays in cache.
 - ``"batched"`` (default on other devices): ``class_chunk`` classes × all images per tile through :func:`sinkhorn`,
@@ -59,6 +60,7 @@ other classes, a model may compute it class chunk by class chunk and pass the jo
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -90,6 +92,7 @@ _MIN_GEMM_COLS = 128
 _SPLIT_AT_LENGTH = 2
 # Full-size tensors of a cache tile: similarities/ε (the GEMM output), the same regrouped per problem, the kernel.
 _TILE_BUFFERS = 3
+_LOG2E = 1.0 / math.log(2.0)
 
 
 def _parse_size(text: str) -> int:
@@ -314,13 +317,16 @@ class TokenTerm(NamedTuple):
 
 
 class _Fused(NamedTuple):
-    """What the fused tile solver needs besides the tile: stopping rule, the image side of every image block (computed
-    once per forward), the scratch buffers (similarities/ε, the same regrouped per problem, kernel) shared by all
-    tiles, and the output ``[B, C, M, N]`` (length-sorted classes) the tiles write into."""
+    """What the fused tile solver needs besides the tile: stopping rule, the image side of every image block and the
+    block's normalised tokens as a ``[D, bt·M·P]`` GEMM operand (both computed once per forward), the scratch buffers
+    shared by all tiles (similarities·log₂e/ε, the same regrouped per problem, kernel; three row vectors), and the
+    output ``[B, C, M, N]`` (length-sorted classes) the tiles write into."""
 
     stop: str
     rows: List[RowSide]
-    work: Tensor
+    work: Sequence[Tensor]
+    img_t: List[Tensor]
+    vec_work: Tensor
     term: Tensor
 
 
@@ -456,8 +462,9 @@ class HierarchicalOTHead(nn.Module):
         N = txt_tokens.shape[1]
         what = f"txt_tokens (classes {s}..{e - 1} after length sort)"
         if fused is not None:
-            # 1/ε folded into the text tokens: the GEMM gives Z = S/ε with no extra pass.
-            y, tm = self._text_tile(txt_tokens, txt_mask, idx, Lc, imgt.dtype, 1.0 / cfg.eps_token, what)
+            # log₂e/ε folded into the text tokens: the GEMM gives Z = S·log₂e/ε (base-2 units, for exp2) with no
+            # extra pass.
+            y, tm = self._text_tile(txt_tokens, txt_mask, idx, Lc, imgt.dtype, _LOG2E / cfg.eps_token, what)
             side = col_side(tm, imgt.dtype)
             y = y.view(-1, D)
         # With a checkpointed graph the text tokens are normalised inside each checkpoint (recomputed in backward) so
@@ -470,12 +477,12 @@ class HierarchicalOTHead(nn.Module):
         for bi, b0 in enumerate(range(0, B, bt)):
             b1 = min(B, b0 + bt)
             if fused is not None and side.ok and fused.rows[bi].ok:
-                x = imgt[b0:b1].view(-1, D)
+                xt = fused.img_t[bi]  # [D, bt·M·P]
                 w = fused.work
-                Z = torch.mm(y, x.t(), out=w[0, :y.shape[0] * x.shape[0]].view(y.shape[0], x.shape[0]))
+                Z = torch.mm(y, xt, out=w[0][:y.shape[0] * xt.shape[1]].view(y.shape[0], xt.shape[1]))
                 res = similarity_sinkhorn(Z.view(e - s, N, Lc, b1 - b0, M, P), cfg.eps_token, fused.rows[bi], side,
-                                          stop=fused.stop, max_iter=cfg.max_iter, tol=cfg.tol, work=(w[1], w[2]),
-                                          check_finite=False)
+                                          stop=fused.stop, max_iter=cfg.max_iter, tol=cfg.tol, work=w[1:],
+                                          check_finite=False, base2=True, vec_work=fused.vec_work)
                 iters.append(res.n_iter.reshape(-1))
                 errs.append(res.marginal_err.amax().reshape(1))
                 fused.term[b0:b1, s:e] = res.sigma if reference else res.mass - res.sigma
@@ -547,9 +554,12 @@ class HierarchicalOTHead(nn.Module):
         fused: Optional[_Fused] = None
         if mode == "cache" and not need_graph and cfg.domain == "kernel":
             n_max = bt * M * P * N * max((e - s) * max(1, int(max(last_sorted[s:e]))) for s, e in class_tiles)
+            v_max = bt * M * P * N * max(e - s for s, e in class_tiles)
             fused = _Fused(stop="reference" if reference else cfg.stop,
                            rows=[row_side(img_mask[b0:b0 + bt], dtype) for b0 in range(0, B, bt)],
-                           work=torch.empty(_TILE_BUFFERS, n_max, dtype=dtype, device=dev),  # shared by all tiles
+                           work=torch.empty(_TILE_BUFFERS, n_max, dtype=dtype, device=dev).unbind(0),  # all tiles
+                           img_t=[blk.reshape(-1, D).t() for blk in torch.split(imgt, bt)],
+                           vec_work=torch.empty(3 * v_max, dtype=dtype, device=dev),
                            term=torch.empty(B, C, M, N, dtype=dtype, device=dev))
         img_blocks = torch.split(imgt, bt)
         sizes = [e - s for s, e in class_tiles]
