@@ -151,6 +151,26 @@ def test_reference_stop_equals_plain_loop(domain: str) -> None:
     torch.testing.assert_close(res_all.plan.reshape(12, 6, 5), T, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("domain", ["kernel", "log"])
+@pytest.mark.parametrize("stop", ["reference", "marginal"])
+def test_groups_stopping_at_different_iterations_equal_each_group_alone(stop: str, domain: str) -> None:
+    """Problems whose costs differ in spread converge after very different numbers of iterations, many of them past
+    the early host checks and between the periodic ones: each one's plan, iteration count and marginal error in the
+    batch equal those of the problem solved alone (iterates of stopped groups are frozen, and only then)."""
+    spreads = [0.05, 0.3, 1.0, 2.0, 4.0, 8.0]
+    C = torch.stack([_rand_cost(5, 4, seed=30 + i) * s for i, s in enumerate(spreads)])
+    kw = dict(eps=0.1, stop=stop, group_ndim=0, domain=domain, check_every=7, max_iter=500,
+              tol=1e-3 if stop == "reference" else 1e-9)
+    res = sinkhorn(C, **kw)
+    counts = res.n_iter.tolist()
+    assert len(set(counts)) >= 4 and max(counts) > 8, counts  # the batch really mixes early and late stoppers
+    for i in range(len(spreads)):
+        alone = sinkhorn(C[i:i + 1], **kw)
+        assert int(alone.n_iter[0]) == counts[i]
+        torch.testing.assert_close(res.plan[i], alone.plan[0], atol=1e-13, rtol=0)
+        torch.testing.assert_close(res.marginal_err[i], alone.marginal_err[0], atol=1e-13, rtol=0)
+
+
 def test_reference_stop_with_masks_matches_unpadded() -> None:
     C = _rand_cost(2, 6, 5, seed=8) * 0.5 + 0.5
     rm = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])

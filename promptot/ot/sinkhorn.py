@@ -275,6 +275,8 @@ def _kernel_loop(cost, eps, a, b, rmask, cmask, stop, max_iter, tol, check_every
     c = torch.ones_like(b)
     r = torch.ones_like(a)
     one = torch.ones((), dtype=cost.dtype, device=cost.device)
+    # Without padding on a side its division guard is the identity: skip the full-size torch.where per update.
+    rows_all, cols_all = bool(rmask.all()), bool(cmask.all())
 
     if stop == "reference":
         # The reference rule reads r in the *unshifted* kernel: r_ref = r_shift · e^{c_i/ε}. Off the mask the scale
@@ -287,11 +289,11 @@ def _kernel_loop(cost, eps, a, b, rmask, cmask, stop, max_iter, tol, check_every
         # tall-thin [P, L] kernels of token-level OT (measured with torch 2.14, 2 threads).
         Kc = (c.unsqueeze(-2) @ K.transpose(-1, -2)).squeeze(-2)
         # Masked rows have a = 0: divide by 1 instead of a possibly-zero Kc so neither value nor autograd sees 0/0.
-        return a / torch.where(rmask, Kc, one)
+        return a / (Kc if rows_all else torch.where(rmask, Kc, one))
 
     def col_update(r: Tensor) -> Tensor:
         KTr = (r.unsqueeze(-2) @ K).squeeze(-2)  # vector-matrix product: no transposed copy of K
-        return b / torch.where(cmask, KTr, one)
+        return b / (KTr if cols_all else torch.where(cmask, KTr, one))
 
     def make_plan(r_: Tensor, c_: Tensor) -> Tensor:
         if inplace:
@@ -362,28 +364,40 @@ def _run_loop(row_update, col_update, r, c, a, rmask, stop, max_iter, tol, check
     active_g = torch.ones(gshape, dtype=torch.bool, device=dev)
     n_iter = torch.zeros(gshape, dtype=torch.long, device=dev)
     r_ref_prev = ref_init
+    # While the host knows that every group is active, the iterates are taken as they are: torch.where with an
+    # all-true mask returns exactly its first branch (values and gradients), at the price of two full passes.
+    all_active = True
     for it in range(1, max_iter + 1):
         r_new = row_update(c)
         c_new = col_update(r_new)
-        act = _expand_group(active_g, bshape)
-        r = torch.where(act.unsqueeze(-1), r_new, r)
-        c = torch.where(act.unsqueeze(-1), c_new, c)
+        if all_active:
+            r, c = r_new, c_new
+        else:
+            act = _expand_group(active_g, bshape).unsqueeze(-1)
+            r = torch.where(act, r_new, r)
+            c = torch.where(act, c_new, c)
         n_iter = n_iter + active_g.long()
         with torch.no_grad():
             if stop == "reference":
                 r_ref = ref_view(r_new.detach())
                 err = _group_reduce_mean((r_ref - r_ref_prev).abs(), rmask, g)  # [gshape]
-                r_ref_prev = torch.where(act.unsqueeze(-1), r_ref, r_ref_prev)
+                r_ref_prev = r_ref if all_active else torch.where(act, r_ref, r_ref_prev)
                 # NaN err compares False -> keeps iterating, like the reference's `if err.item() < thresh`.
                 active_g = active_g & ~(err < tol)
             elif it % check_every == 0:
                 err = (row_marg(r.detach(), c.detach()) - a).abs().sum(-1)
                 active_g = active_g & ~(err < tol)
-        # Read the host-side "anything still running?" after each of the first iterations (entropic problems at
+        # Read the host-side count of running groups after each of the first iterations (entropic problems at
         # eps ~ 0.1 typically converge in 2-7) and then every ``check_every``: at most ~8 + max_iter/check_every
-        # syncs, and little wasted work on already-converged groups.
-        if (it <= _EARLY_CHECKS or it % check_every == 0) and not bool(active_g.any()):
-            break
+        # syncs, and little wasted work on already-converged groups. The marginal rule changes ``active_g`` only at
+        # its checks, which are read here; the reference rule may change it unseen in between.
+        if it <= _EARLY_CHECKS or it % check_every == 0:
+            n_active = int(active_g.sum())
+            if n_active == 0:
+                break
+            all_active = n_active == active_g.numel()
+        elif stop == "reference":
+            all_active = False
     return make_plan(r, c), n_iter
 
 
