@@ -90,7 +90,7 @@ _MIN_GEMM_COLS = 128
 # 4-12 on a 2-core EPYC: 18% padding and 228 ms without this rule, 5% and 210 ms with it, 0% and 220 ms when
 # splitting at every length.)
 _SPLIT_AT_LENGTH = 2
-# Full-size tensors of a cache tile: similarities/ε (the GEMM output), the same regrouped per problem, the kernel.
+# Full-size tensors of a cache tile: similarities·log₂e/ε (the GEMM output), the same regrouped per problem, the kernel.
 _TILE_BUFFERS = 3
 _LOG2E = 1.0 / math.log(2.0)
 
